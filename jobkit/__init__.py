@@ -1,0 +1,18 @@
+"""jobkit: run jobs on remote Linux hosts and know, always, how each job really ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: The repository's wrapper directory when running from a checkout, else the packaged copy.
+_HERE = Path(__file__).resolve().parent
+
+
+def wrapper_dir() -> Path:
+    """Directory holding ``job_wrapper.sh`` and ``server_schema.sql`` (checkout or installed)."""
+    checkout = _HERE.parent / "wrapper"
+    if (checkout / "job_wrapper.sh").is_file():
+        return checkout
+    return _HERE / "data"
