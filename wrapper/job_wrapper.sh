@@ -93,17 +93,19 @@ trap 'on_signal USR1 10' USR1
 trap 'on_signal USR2 12' USR2
 
 # --- diagnostics: a log file first; stderr only best effort (it may be a hung-up terminal) --
+say() { (trap '' PIPE; printf 'jobkit-wrapper: %s: %s\n' "$job_id" "$1" >&2); }
 warn() {
-  printf 'jobkit-wrapper[%s] %s: %s\n' "$$" "$job_id" "$1" >>"$log" 2>/dev/null
-  (trap '' PIPE; printf 'jobkit-wrapper: %s: %s\n' "$job_id" "$1" >&2) 2>/dev/null
+  { printf 'jobkit-wrapper[%s] %s: %s\n' "$$" "$job_id" "$1" >>"$log"; } 2>/dev/null
+  say "$1"
 }
 
 # --- encoding ---------------------------------------------------------------------------------
-json_escape() { # sets `esc` to VALUE as the body of a JSON string (RFC 8259 section 7)
+json_escape() { # sets `esc` to VALUE as the body of a JSON string (RFC 8259 section 7):
+  # quote, backslash and control characters escaped; bytes >= 0x80 (UTF-8) passed through.
   case $1 in
     *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\ ._:/@=,+\(\)-]*)
       esc=$(printf '%s' "$1" | LC_ALL=C awk '
-        BEGIN { for (i = 1; i < 256; i++) if (i < 32 || i > 126) e[sprintf("%c", i)] = sprintf("\\u%04x", i)
+        BEGIN { for (i = 1; i < 32; i++) e[sprintf("%c", i)] = sprintf("\\u%04x", i); e[sprintf("%c", 127)] = "\\u007f"
                 e["\""] = "\\\""; e["\\"] = "\\\\"; e["\n"] = "\\n"; e["\t"] = "\\t"; e["\r"] = "\\r" }
         { if (NR > 1) printf "\\n"; n = length($0)
           for (i = 1; i <= n; i++) { c = substr($0, i, 1); printf "%s", ((c in e) ? e[c] : c) } }') ;;
@@ -235,7 +237,7 @@ db_update() { # SET-clause; sets db_state (ok|locked|missing|corrupt|wrong_schem
 
 db_start() { # SET-clause: run db_update in the background; its outcome lands in $dbout
   (
-    exec </dev/null >/dev/null 2>&1
+    exec </dev/null >/dev/null
     trap - HUP INT QUIT PIPE TERM USR1 USR2
     db_update "$1"
     printf '%s\n%s\n' "$db_state" "$db_detail" >"$dbout"
@@ -260,7 +262,6 @@ finish_without_job() { # CODE REASON: record failure where possible and exit wit
   exit "$1"
 }
 
-say() { (trap '' PIPE; printf 'jobkit-wrapper: %s: %s\n' "$job_id" "$1" >&2) 2>/dev/null; }
 
 [ -d "$jobs_dir" ] || mkdir -p -- "$jobs_dir" 2>/dev/null
 # Claim the id atomically (O_EXCL through noclobber): this is also the check that the state
@@ -305,6 +306,19 @@ fi
 (
   trap - HUP INT QUIT PIPE TERM USR1 USR2
   read -r self_pid _ _ _ self_pgrp _ </proc/self/stat 2>/dev/null
+  # dash and BusyBox ash give async lists SIGINT/SIGQUIT ignored for good (`trap -` cannot undo
+  # it): restore them with env(1) or perl where either can, so the job can be interrupted.
+  ign=''
+  while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
+  case ${ign#"${ign%?}"} in
+    [234567abcdef])
+      if env --default-signal=INT,QUIT true 2>/dev/null; then
+        set -- env --default-signal=INT,QUIT "$@"
+      elif command -v perl >/dev/null 2>&1; then
+        # shellcheck disable=SC2016 # perl code
+        set -- perl -e '$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\n"' "$@"
+      fi ;;
+  esac
   if [ -n "$self_pid" ] && [ "$self_pid" = "$self_pgrp" ]; then exec "$@" </dev/null; fi
   exec setsid "$@" </dev/null
 ) &

@@ -1,0 +1,389 @@
+#!/usr/bin/env bats
+# The job wrapper against every scenario of issue 2 / FAILURE-MODES.md, with one shell per run
+# (JOBKIT_TEST_SHELL). Real processes, real signals, real sqlite3, real tmux.
+bats_require_minimum_version 1.5.0
+
+setup() {
+  load helpers
+  setup_base
+}
+
+@test "exit 0 is recorded completed in the state file and the database" {
+  add_row ok1
+  run -0 wrapper ok1 sh -c 'echo hello'
+  assert_output hello
+  assert_final ok1 completed 0 null
+  assert_equal "$(field ok1 forced_kill)" false
+  [[ $(field ok1 started_at) =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]]
+  [[ $(field ok1 completed_at) =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]]
+  (($(field ok1 started_epoch) <= $(field ok1 completed_epoch)))
+  assert_equal "$(field ok1 boot_id)" "$(cat /proc/sys/kernel/random/boot_id)"
+  assert_equal "$(field ok1 pgid)" "$(field ok1 pid)"
+  assert_equal "$(db_field ok1 started_at)" "$(field ok1 started_at)"
+}
+
+@test "exit N is recorded failed with that code and the wrapper exits N" {
+  add_row n1
+  run -3 wrapper n1 sh -c 'exit 3'
+  assert_final n1 failed 3 null
+  add_row n2
+  run -255 wrapper n2 sh -c 'exit 255'
+  assert_final n2 failed 255 null
+}
+
+@test "the job runs in the background in its own process group, stdin /dev/null, pid and start time recorded" {
+  add_row pg1
+  start_wrapper pg1 sh -c 'sleep 0.5; read -r x; echo "stdin=$?"' >"$BATS_TEST_TMPDIR/out"
+  local w=$WPID
+  wait_status pg1 running
+  local pid
+  pid=$(job_pid pg1)
+  local stat
+  read -r -a stat <"/proc/$pid/stat"
+  # fields after "(comm)": state ppid pgrp session ... starttime is field 22
+  assert_equal "${stat[4]}" "$pid"   # process group = its own pid
+  assert_equal "${stat[5]}" "$pid"   # session leader
+  assert_equal "${stat[3]}" "$w"     # child of the wrapper
+  assert_equal "$(field pg1 proc_start)" "${stat[21]}"
+  wait "$w"
+  assert_equal "$(cat "$BATS_TEST_TMPDIR/out")" "stdin=1"
+}
+
+signal_test() { # SIGNAL NUMBER: the wrapper forwards it to the job's group and records it
+  local sig=$1 num=$2 id=sig-$1
+  add_row "$id"
+  local got=$BATS_TEST_TMPDIR/got
+  start_wrapper "$id" sh -c "trap 'echo $sig >$got; exit 0' $sig; sleep 30 & wait"
+  local w=$WPID
+  wait_status "$id" running
+  sleep 0.2
+  kill -s "$sig" "$w"
+  local rc=0
+  wait "$w" || rc=$?
+  assert_equal "$rc" "$((128 + num))"
+  assert_equal "$(cat "$got")" "$sig"
+  assert_final "$id" failed "$((128 + num))" "$sig"
+}
+
+@test "SIGHUP to the wrapper is forwarded and recorded failed 129 HUP" { signal_test HUP 1; }
+@test "SIGINT to the wrapper is forwarded and recorded failed 130 INT" { signal_test INT 2; }
+@test "SIGQUIT to the wrapper is forwarded and recorded failed 131 QUIT" { signal_test QUIT 3; }
+@test "SIGPIPE to the wrapper is forwarded and recorded failed 141 PIPE" { signal_test PIPE 13; }
+@test "SIGTERM to the wrapper is forwarded and recorded failed 143 TERM" { signal_test TERM 15; }
+@test "SIGUSR1 to the wrapper is forwarded and recorded failed 138 USR1" { signal_test USR1 10; }
+@test "SIGUSR2 to the wrapper is forwarded and recorded failed 140 USR2" { signal_test USR2 12; }
+
+@test "a job ignoring TERM is killed after the grace period (forced_kill)" {
+  add_row ign1
+  start_wrapper ign1 sh -c 'trap "" TERM; sleep 30'
+  local w=$WPID
+  wait_status ign1 running
+  sleep 0.2
+  local pid
+  pid=$(job_pid ign1)
+  local t0=$SECONDS rc=0
+  kill -s TERM "$w"
+  wait "$w" || rc=$?
+  assert_equal "$rc" 143
+  ((SECONDS - t0 <= 4))
+  assert_final ign1 failed 143 TERM
+  assert_equal "$(field ign1 forced_kill)" true
+  group_gone "$pid"   # nothing of the job's group survives
+}
+
+@test "a job killed by SIGKILL is recorded failed 137 KILL" {
+  add_row k1
+  start_wrapper k1 sleep 30
+  local w=$WPID
+  wait_status k1 running
+  kill -s KILL "$(job_pid k1)"
+  local rc=0
+  wait "$w" || rc=$?
+  assert_equal "$rc" 137
+  assert_final k1 failed 137 KILL
+}
+
+tmux_test() { # kill-session|kill-server
+  add_row "tm-$1"
+  local sock=$BATS_TEST_TMPDIR/tmux.sock
+  tmux -S "$sock" new-session -d -s "tm-$1" \
+    "JOBKIT_BASE_DIR='$BASE' JOBKIT_KILL_GRACE=1 ${TEST_SH[*]} '$WRAPPER' 'tm-$1' sleep 30"
+  wait_status "tm-$1" running
+  sleep 0.2
+  if [ "$1" = session ]; then
+    tmux -S "$sock" kill-session -t "=tm-$1"
+  else
+    tmux -S "$sock" kill-server
+  fi
+  wait_status "tm-$1" failed 10
+  assert_equal "$(field "tm-$1" status)" failed
+  [[ $(field "tm-$1" signal) =~ ^(HUP|TERM)$ ]]
+  wait_db() { # the final UPDATE follows the final state file
+    local deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+      [ "$(db_field "tm-$1" status)" = failed ] && return 0
+      sleep 0.05
+    done
+    return 1
+  }
+  wait_db "$1"
+  group_gone "$(job_pid "tm-$1")"
+}
+
+@test "tmux kill-session records failed, never completed" { tmux_test session; }
+@test "tmux kill-server records failed, never completed" { tmux_test server; }
+
+@test "database held with BEGIN EXCLUSIVE for 3 s while the job ends: the row lands" {
+  add_row lk3
+  hold_db 3 &
+  local holder=$!
+  sleep 0.3
+  run -0 wrapper lk3 true
+  wait "$holder"
+  assert_final lk3 completed 0 null
+}
+
+@test "database locked longer than the timeout: state file final, db=locked, warning" {
+  add_row lk9
+  export JOBKIT_DB_TIMEOUT_MS=300 JOBKIT_DB_RETRIES=2
+  hold_db 4 &
+  local holder=$!
+  sleep 0.3
+  run -0 --separate-stderr wrapper lk9 true
+  assert_equal "$(field lk9 status)" completed
+  assert_equal "$(field lk9 db)" locked
+  [[ $stderr == *"db=locked"* ]]
+  grep -q 'db=locked' "$BASE/jobs/lk9.wrapper.log"
+  wait "$holder"
+  assert_equal "$(db_field lk9 status)" queued
+}
+
+@test "database missing: state file final, db=missing, no database created" {
+  rm "$BASE/server.db"
+  run -0 --separate-stderr wrapper dm1 true
+  assert_equal "$(field dm1 status)" completed
+  assert_equal "$(field dm1 db)" missing
+  [[ $stderr == *"db=missing"* ]]
+  [ ! -e "$BASE/server.db" ]
+}
+
+@test "database is garbage: db=corrupt" {
+  rm "$BASE/server.db"*
+  head -c 8192 /dev/urandom >"$BASE/server.db"
+  run -4 --separate-stderr wrapper dg1 sh -c 'exit 4'
+  assert_equal "$(field dg1 status)" failed
+  assert_equal "$(field dg1 exit_code)" 4
+  assert_equal "$(field dg1 db)" corrupt
+  [[ $stderr == *"db=corrupt"* ]]
+}
+
+@test "database without the jobs table: db=wrong_schema" {
+  rm "$BASE/server.db"*
+  sqlite3 "$BASE/server.db" "CREATE TABLE other (x)"
+  run -0 --separate-stderr wrapper ds1 true
+  assert_equal "$(field ds1 db)" wrong_schema
+  [[ $stderr == *"db=wrong_schema"* ]]
+}
+
+@test "database without the job's row: db=no_row, no row created" {
+  run -0 --separate-stderr wrapper nr1 true
+  assert_equal "$(field nr1 status)" completed
+  assert_equal "$(field nr1 db)" no_row
+  [[ $stderr == *"db=no_row"* ]]
+  assert_equal "$(sqlite3 "$BASE/server.db" 'SELECT count(*) FROM jobs')" 0
+}
+
+@test "sqlite3 not on PATH: db=no_sqlite3, state file final" {
+  add_row nq1
+  WRAPPER_PATH=$(path_without sqlite3) run -0 --separate-stderr wrapper nq1 true
+  assert_equal "$(field nq1 status)" completed
+  assert_equal "$(field nq1 db)" no_sqlite3
+  [[ $stderr == *"db=no_sqlite3"* ]]
+}
+
+@test "no flock on PATH: nothing changes" {
+  add_row nf1
+  WRAPPER_PATH=$(path_without flock) run -0 wrapper nf1 true
+  assert_final nf1 completed 0 null
+}
+
+@test "a date without -I: timestamps still recorded" {
+  add_row nd1
+  local dir
+  dir=$(path_without date)
+  local real_date
+  real_date=$(type -P date)
+  printf '#!/bin/sh\nfor a in "$@"; do case $a in -I*|--iso*) echo "date: invalid option" >&2; exit 1;; esac; done\nexec %s "$@"\n' "$real_date" >"$dir/date"
+  chmod +x "$dir/date"
+  WRAPPER_PATH=$dir run -0 wrapper nd1 true
+  assert_final nd1 completed 0 null
+  [[ $(field nd1 completed_at) =~ Z$ ]]
+}
+
+@test "state directory not writable: exit 73, job not run" {
+  mkdir -p "$BASE/jobs"
+  mount -t tmpfs -o ro,size=1m tmpfs "$BASE/jobs"
+  add_row ro1
+  run -73 --separate-stderr wrapper ro1 touch "$BATS_TEST_TMPDIR/ran"
+  umount "$BASE/jobs"
+  [ ! -e "$BATS_TEST_TMPDIR/ran" ]
+  [[ $stderr == *"cannot write"* ]]
+  assert_equal "$(db_field ro1 status)" failed
+  assert_equal "$(db_field ro1 exit_code)" 73
+}
+
+@test "full disk: a failed state write is reported and never leaves a broken file" {
+  mkdir -p "$BASE/jobs"
+  mount -t tmpfs -o size=64k,nr_inodes=64 tmpfs "$BASE/jobs"
+  add_row fd1
+  # The job fills the blocks and then the inodes (tmpfs may free a page later; no inode comes back).
+  run -0 --separate-stderr wrapper fd1 sh -c "sleep 0.3; cd '$BASE/jobs'; cat /dev/zero >filler 2>/dev/null; i=0; while true >fill\$i; do i=\$((i + 1)); done 2>/dev/null; exit 0"
+  local st
+  st=$(field fd1 status) || { umount "$BASE/jobs"; false; }
+  # The first final write needs a new inode and fails: reported, the running state kept. The
+  # last write goes through the database-outcome file the wrapper created while the disk had
+  # room, so the final state still lands: valid JSON either way, never a truncated file.
+  [[ $stderr == *"state file write failed (status=completed)"* ]]
+  assert_equal "$st" completed
+  [ "$(grep -c . "$(state_file fd1)")" = 1 ]
+  assert_equal "$(db_field fd1 status)" completed   # the database was not on the full disk
+  umount "$BASE/jobs"
+}
+
+@test "state directory on a network filesystem type is refused with exit 66" {
+  mkdir -p "$BASE/jobs"
+  mount -t tmpfs -o size=1m tmpfs "$BASE/jobs"
+  add_row nfs1
+  JOBKIT_NETFS_TYPES="nfs tmpfs" run -66 --separate-stderr wrapper nfs1 true
+  umount "$BASE/jobs"
+  [[ $stderr == *"network filesystem"* ]]
+}
+
+@test "a job id already used is refused with exit 67 and the first record kept" {
+  add_row dup1
+  run -0 wrapper dup1 true
+  local before
+  before=$(cat "$(state_file dup1)")
+  run -67 wrapper dup1 sh -c 'exit 9'
+  assert_equal "$(cat "$(state_file dup1)")" "$before"
+}
+
+@test "100 jobs finishing at once on one database: 100/100 rows and files final" {
+  local i
+  for i in $(seq 1 100); do echo "INSERT INTO jobs (id) VALUES ('many-$i');"; done | sqlite3 "$BASE/server.db"
+  local go=$BATS_TEST_TMPDIR/go pids=()
+  for i in $(seq 1 100); do
+    wrapper "many-$i" sh -c "while [ ! -e '$go' ]; do sleep 0.05; done; exit $((i % 3))" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  local deadline=$((SECONDS + 60))
+  while (($(ls "$BASE/jobs" | grep -c '\.status$') < 100)) && ((SECONDS < deadline)); do sleep 0.1; done
+  touch "$go"
+  for i in "${pids[@]}"; do wait "$i" || true; done
+  assert_equal "$(sqlite3 "$BASE/server.db" "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed')")" 100
+  assert_equal "$(sqlite3 "$BASE/server.db" "SELECT count(*) FROM jobs WHERE exit_code = CAST(substr(id, 6) AS INTEGER) % 3")" 100
+  local final=0
+  for i in $(seq 1 100); do
+    [ "$(field "many-$i" exit_code)" = $((i % 3)) ] && [ "$(field "many-$i" db)" = ok ] && final=$((final + 1))
+  done
+  assert_equal "$final" 100
+}
+
+@test "the job inherits no descriptor under the base directory (no lock or log fd)" {
+  add_row fdl1
+  run -0 wrapper fdl1 sh -c 'ls -l /proc/$$/fd'
+  refute_output --partial "$BASE"
+}
+
+@test "job ids: invalid and hostile ids exit 65 and touch nothing" {
+  local ids=("x'; DROP TABLE jobs; --" 'a"b' '../x' '$(touch /tmp/pwned)' '' \
+    "$(printf 'a%.0s' $(seq 1 65))" "$(printf 'a\nb')" 'a b' 'é' 'x/y' '.hidden' 'a*')
+  rm -f /tmp/pwned
+  local before
+  before=$(sqlite3 "$BASE/server.db" .dump)
+  local id
+  for id in "${ids[@]}"; do
+    run -65 wrapper "$id" touch "$BATS_TEST_TMPDIR/ran"
+  done
+  [ ! -e "$BATS_TEST_TMPDIR/ran" ]
+  [ ! -e /tmp/pwned ]
+  [ ! -e "$BASE/jobs" ]
+  assert_equal "$(sqlite3 "$BASE/server.db" .dump)" "$before"
+  # the longest valid id is accepted
+  local long
+  long=$(printf 'b%.0s' $(seq 1 64))
+  add_row "$long"
+  run -0 wrapper "$long" true
+  assert_final "$long" completed 0 null
+}
+
+@test "usage errors and bad settings exit 64 before anything runs" {
+  run -64 wrapper
+  run -64 wrapper only-id
+  JOBKIT_KILL_GRACE=soon run -64 wrapper u1 true
+  JOBKIT_DB_TIMEOUT_MS=-1 run -64 wrapper u2 true
+  [ ! -e "$BASE/jobs" ]
+}
+
+@test "every JSON string is escaped: hostile user and host names round-trip" {
+  add_row esc1
+  local weird=$'a"b\\c\td\001e\u00e9/\'$(x)'
+  USER=$weird run -0 wrapper esc1 true
+  assert_equal "$(jq -r .user "$(state_file esc1)")" "$weird"
+  assert_equal "$(db_field esc1 user)" "$weird"
+}
+
+@test "state file matches the published JSON Schema" {
+  add_row sch1
+  run -0 wrapper sch1 true
+  "$ROOT/.venv/bin/python" - "$ROOT/wrapper/state.schema.json" "$(state_file sch1)" <<'PY'
+import json, sys
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+jsonschema.validate(json.load(open(sys.argv[2])), schema)
+PY
+}
+
+@test "crash points: killing the wrapper at any write leaves the previous or the next valid JSON" {
+  # mv/sync/sqlite3/date shims SIGKILL the wrapper at their k-th call, for every k, either
+  # before the command runs (crash before the write) or after it (crash right after it).
+  local dir k mode seen=""
+  dir=$(path_without mv sync sqlite3 date)
+  local t real
+  for t in mv sync sqlite3 date; do
+    real=$(type -P "$t")
+    cat >"$dir/$t" <<SH
+#!/bin/sh
+n=1; while ! mkdir "\$CRASH_COUNTER.\$n" 2>/dev/null; do n=\$((n + 1)); done # atomic sequence number
+if [ "\$n" != "\$CRASH_AT" ]; then exec $real "\$@"; fi
+if [ "\$CRASH_MODE" = before ]; then kill -s KILL "\$CRASH_WRAPPER_PID"; exit 1; fi
+$real "\$@"; rc=\$?
+kill -s KILL "\$CRASH_WRAPPER_PID"
+exit "\$rc"
+SH
+    chmod +x "$dir/$t"
+  done
+  for mode in before after; do
+    for k in $(seq 1 40); do
+      local id=crash-$mode-$k
+      add_row "$id"
+      export CRASH_COUNTER=$BATS_TEST_TMPDIR/counter-$mode-$k CRASH_AT=$k CRASH_MODE=$mode
+      PATH=$dir "${TEST_SH[@]}" -c 'CRASH_WRAPPER_PID=$$; export CRASH_WRAPPER_PID; exec "$@"' sh \
+        "${TEST_SH[@]}" "$WRAPPER" "$id" true >/dev/null 2>&1 || true
+      sleep 0.05   # let a detached background UPDATE finish
+      local f
+      f=$(state_file "$id")
+      if [ -e "$f" ]; then
+        jq -e . "$f" >/dev/null || fail "$mode k=$k: state file is not one valid JSON document: $(cat "$f")"
+        seen="$seen $(jq -r '.status + "/" + .db' "$f")"
+      else
+        seen="$seen none"
+      fi
+      [ -d "$CRASH_COUNTER.$k" ] || break   # no k-th external call: the run completed
+    done
+    [ "$k" -lt 40 ] || fail "the wrapper made more than 40 external calls"
+  done
+  echo "# states after each crash point:$seen" >&3
+  [[ $seen == *none* && $seen == *running/pending* && $seen == *completed/pending* && $seen == *completed/ok* ]]
+}
