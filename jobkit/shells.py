@@ -31,6 +31,7 @@ SHELLS: dict[str, list[str]] = {
     "yash": ["yash"],
     "zsh-as-sh": ["@zsh-as-sh"],
     "posh": ["posh"],
+    "ksh93": ["ksh93"],
 }
 
 _TAP = re.compile(r"^(ok|not ok) (\d+) (.*?)(?: # (skip|SKIP).*)?$")

@@ -10,7 +10,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(
   tmux sqlite3 procps util-linux coreutils findutils gawk git ca-certificates
-  dash mksh busybox yash zsh posh          # the shell matrix the wrapper is tested on
+  dash mksh busybox yash zsh posh ksh      # the shell matrix the wrapper is tested on
   shellcheck                               # lints the wrapper and the scripts
   openssh-client openssh-server            # ssh(1) for printed command lines; sshd for tests
   debootstrap docker.io                    # offline lab images

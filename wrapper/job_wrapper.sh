@@ -136,7 +136,7 @@ proc_start_of() { # PID -> sets proc_start: /proc/PID/stat field 22, parsed afte
   { read -r line <"/proc/$1/stat"; } 2>/dev/null || [ -n "$line" ] || return 0
   set -f
   # shellcheck disable=SC2086 # deliberate field splitting of the stat line
-  set -- ${line##*) }
+  set -- ${line##*") "}
   set +f
   [ "$#" -ge 20 ] || return 0
   shift 19

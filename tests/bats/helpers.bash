@@ -6,6 +6,7 @@ ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 WRAPPER=$ROOT/wrapper/job_wrapper.sh
 SCHEMA=$ROOT/wrapper/server_schema.sql
 read -r -a TEST_SH <<<"${JOBKIT_TEST_SHELL:-dash}"
+TEST_SH[0]=$(type -P "${TEST_SH[0]}") # absolute: some tests run the wrapper with a reduced PATH
 
 load "$ROOT/node_modules/bats-support/load.bash"
 load "$ROOT/node_modules/bats-assert/load.bash"
@@ -32,7 +33,8 @@ wrapper() { env ${WRAPPER_PATH:+PATH="$WRAPPER_PATH"} --default-signal=INT,QUIT 
 # start_wrapper ARGS...: in the background; WPID is the wrapper's own pid (not a subshell's)
 start_wrapper() {
   env --default-signal=INT,QUIT "${TEST_SH[@]}" "$WRAPPER" "$@" &
-  WPID=$!
+  WPID=$! # read by the tests
+  export WPID
 }
 
 state_file() { printf '%s/jobs/%s.status' "$BASE" "$1"; }
@@ -64,7 +66,8 @@ assert_final() {
 
 # A PATH of symlinks to the tools the wrapper may use, minus those named.
 path_without() {
-  local dir=$BATS_TEST_TMPDIR/path-without-$(printf '%s-' "$@")
+  local dir
+  dir=$BATS_TEST_TMPDIR/path-without-$(printf '%s-' "$@")
   mkdir -p "$dir"
   local t p
   for t in sh dash bash busybox mksh yash zsh posh env sqlite3 flock date mkdir mv rm sync sleep kill \

@@ -1,11 +1,17 @@
 #!/usr/bin/env bats
 # The job wrapper against every scenario of issue 2 / FAILURE-MODES.md, with one shell per run
 # (JOBKIT_TEST_SHELL). Real processes, real signals, real sqlite3, real tmux.
+# shellcheck disable=SC2154 # $output and $stderr are set by bats' run
 bats_require_minimum_version 1.5.0
 
 setup() {
   load helpers
   setup_base
+}
+
+teardown() {
+  # a failed assertion must not leave the test's tmpfs mounted
+  ! mountpoint -q "$BASE/jobs" || umount "$BASE/jobs"
 }
 
 @test "exit 0 is recorded completed in the state file and the database" {
@@ -213,6 +219,7 @@ tmux_test() { # kill-session|kill-server
   dir=$(path_without date)
   local real_date
   real_date=$(type -P date)
+  # shellcheck disable=SC2016 # a script for the shim, expanded when it runs
   printf '#!/bin/sh\nfor a in "$@"; do case $a in -I*|--iso*) echo "date: invalid option" >&2; exit 1;; esac; done\nexec %s "$@"\n' "$real_date" >"$dir/date"
   chmod +x "$dir/date"
   WRAPPER_PATH=$dir run -0 wrapper nd1 true
@@ -277,7 +284,8 @@ tmux_test() { # kill-session|kill-server
     pids+=($!)
   done
   local deadline=$((SECONDS + 60))
-  while (($(ls "$BASE/jobs" | grep -c '\.status$') < 100)) && ((SECONDS < deadline)); do sleep 0.1; done
+  count_status() { local f n=0; for f in "$BASE"/jobs/*.status; do [ -e "$f" ] && n=$((n + 1)); done; echo "$n"; }
+  while (($(count_status) < 100)) && ((SECONDS < deadline)); do sleep 0.1; done
   touch "$go"
   for i in "${pids[@]}"; do wait "$i" || true; done
   assert_equal "$(sqlite3 "$BASE/server.db" "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed')")" 100
@@ -296,6 +304,7 @@ tmux_test() { # kill-session|kill-server
 }
 
 @test "job ids: invalid and hostile ids exit 65 and touch nothing" {
+  # shellcheck disable=SC2016 # literally $(...): must never be expanded by the wrapper
   local ids=("x'; DROP TABLE jobs; --" 'a"b' '../x' '$(touch /tmp/pwned)' '' \
     "$(printf 'a%.0s' $(seq 1 65))" "$(printf 'a\nb')" 'a b' 'é' 'x/y' '.hidden' 'a*')
   rm -f /tmp/pwned
