@@ -16,7 +16,7 @@ from jobkit import __version__
 from jobkit.errors import ConfigError, JobkitError
 
 #: Modules that contribute commands, in the order they appear in ``jobkit --help``.
-COMMAND_MODULES: tuple[str, ...] = ("jobkit.shells",)
+COMMAND_MODULES: tuple[str, ...] = ("jobkit.shells", "jobkit.lab.cli")
 
 Handler = Callable[[argparse.Namespace], int]
 

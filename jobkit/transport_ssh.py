@@ -111,8 +111,7 @@ class SSHTransport:
         try:
             async with asyncio.timeout(timeout):
                 async with self._sessions:
-                    conn = await self._connection(deadline)
-                    proc = await conn.run(command, input=stdin, check=False)
+                    proc = await self._run_channel(command, stdin, deadline)
         except TimeoutError as exc:
             raise RemoteTimeout(f"no answer within {timeout:g}s", host=self.spec.name,
                                 command=command) from exc
@@ -122,19 +121,37 @@ class SSHTransport:
                                   command=command) from exc
         except asyncssh.Error as exc:
             raise TransportError(f"SSH error: {exc}", host=self.spec.name, command=command) from exc
-        result = CommandResult(
-            command=command,
-            exit_status=_exit_status(proc),
-            stdout=_text(proc.stdout),
-            stderr=_text(proc.stderr),
-            elapsed=time.monotonic() - start,
-        )
+        status, out, err = proc
+        result = CommandResult(command=command, exit_status=status, stdout=out, stderr=err,
+                               elapsed=time.monotonic() - start)
         if check and result.exit_status != 0:
             raise RemoteCommandFailed(
                 "command failed", host=self.spec.name, command=command,
                 exit_status=result.exit_status, stdout=result.stdout, stderr=result.stderr,
             )
         return result
+
+    async def _run_channel(self, command: str, stdin: str | None, deadline: float) -> tuple[int, str, str]:
+        """One channel, held (and counted against MaxSessions) until it is fully closed; a
+        refused channel open (the server's session limit) is retried until the deadline."""
+        delay = 0.02
+        while True:
+            conn = await self._connection(deadline)
+            try:
+                process = await conn.create_process(command, encoding="utf-8", errors="replace")
+                break
+            except asyncssh.ChannelOpenError:
+                if time.monotonic() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            out, err = await process.communicate(stdin)
+            status = _exit_status(process.exit_status, process.exit_signal)
+        finally:
+            process.close()
+            await process.wait_closed()
+        return status, _text(out), _text(err)
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -148,12 +165,12 @@ class SSHTransport:
             await conn.wait_closed()
 
 
-def _exit_status(proc: asyncssh.SSHCompletedProcess) -> int:
-    if proc.exit_status is not None and proc.exit_status >= 0:
-        return proc.exit_status
+def _exit_status(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int:
+    if exit_status is not None and exit_status >= 0:
+        return exit_status
     # killed by a signal: report it the way a shell would (128 + n)
     names = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "SEGV": 11, "PIPE": 13, "TERM": 15}
-    signal = proc.exit_signal[0] if proc.exit_signal else None
+    signal = exit_signal[0] if exit_signal else None
     return 128 + names.get(str(signal), 0) if signal else 255
 
 

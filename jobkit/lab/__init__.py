@@ -59,7 +59,7 @@ def docker_available() -> bool:
 
         docker.from_env(timeout=5).ping()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine answers"
+    except Exception:
         return False
 
 
@@ -71,7 +71,7 @@ def reap_orphans(keep_session: str | None = None) -> int:
     removed = 0
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.labels or {}
-        if labels.get(f"{LABEL}.session") == keep_session:
+        if labels.get(f"{LABEL}.session") == keep_session or labels.get(f"{LABEL}.keep") == "1":
             continue
         try:
             pid = int(labels.get(f"{LABEL}.pid", "0"))
@@ -155,11 +155,14 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, target: str, *, fresh: bool = False) -> LabHost:
-        """A ready host for ``target``; shared within the session unless ``fresh``."""
-        if not fresh and target in self._shared:
+    def start(self, target: str, *, fresh: bool = False, keep: bool = False) -> LabHost:
+        """A ready host for ``target``; shared within the session unless ``fresh``. A ``keep``
+        host outlives the session (``jobkit lab up``) until ``jobkit lab down``."""
+        if not fresh and not keep and target in self._shared:
             return self._shared[target]
-        host = self._start_local() if target == "local" else self._start_docker(target)
+        host = self._start_local() if target == "local" else self._start_docker(target, keep=keep)
+        if keep:
+            return host
         self._all.append(host)
         if not fresh:
             self._shared[target] = host
@@ -179,7 +182,7 @@ class Lab:
         report = _ready(spec, time.monotonic() + READY_TIMEOUT)
         return LabHost("local", spec, report, time.monotonic() - start, local=local)
 
-    def _start_docker(self, name: str) -> LabHost:
+    def _start_docker(self, name: str, keep: bool = False) -> LabHost:
         target = get_target(name)
         if image_id(target.image) is None:
             hint = "jobkit lab build " + name if target.offline else f"docker build -f containers/{target.dockerfile}"
@@ -193,7 +196,8 @@ class Lab:
             target.image,
             env={"JOBKIT_HOST_KEY": hk.private_openssh, "JOBKIT_AUTHORIZED_KEY": self.key.public},
             labels={LABEL: "1", f"{LABEL}.session": self.session, f"{LABEL}.pid": str(os.getpid()),
-                    f"{LABEL}.boot": _boot_id(), f"{LABEL}.target": name},
+                    f"{LABEL}.boot": _boot_id(), f"{LABEL}.target": name,
+                    f"{LABEL}.keep": "1" if keep else "0"},
             cap_add=["SYS_ADMIN"],  # lets fault injectors mount a small tmpfs (full disk)
         )
         container.ports = {"22/tcp": ("127.0.0.1",)}  # published on 127.0.0.1 only

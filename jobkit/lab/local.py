@@ -122,8 +122,9 @@ class LocalTarget:
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
         self._children.add(proc.pid)
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         child_in, child_out, child_err = proc.stdin, proc.stdout, proc.stderr
+        if child_in is None or child_out is None or child_err is None:  # pipes were asked for
+            raise RuntimeError("subprocess pipes missing")
 
         async def pump_in() -> None:
             try:
@@ -211,7 +212,7 @@ class LocalTarget:
             asyncio.set_event_loop(loop)
             try:
                 ready.set_result(loop.run_until_complete(self.start()))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 ready.set_exception(exc)
                 return
             loop.run_forever()
