@@ -33,7 +33,7 @@ jobkit shells --require-all --json reports/shells.json
 
 step "pytest: all tiers, under coverage"
 rm -f .coverage .coverage.*
-coverage run -m pytest --junitxml=reports/pytest.xml
+JOBKIT_HYPOTHESIS_PROFILE=thorough coverage run -m pytest --junitxml=reports/pytest.xml
 coverage combine -q
 coverage report
 coverage xml -q -o reports/coverage.xml

@@ -136,6 +136,8 @@ def build(name: str, progress: Progress = _say, force: bool = False) -> BuildRes
     progress(f"{name}: building {target.image} from {target.dockerfile}")
     cmd = ["docker", "build", "--pull=false", "-f", str(containers_dir() / target.dockerfile),
            "-t", target.image, "--label", f"{HASH_LABEL}={digest}", "--label", f"jobkit.lab.target={name}"]
+    if force:
+        cmd.append("--no-cache")  # a forced build is a cold build: no layer reuse
     if base:
         cmd += ["--build-arg", f"BASE={base}"]
     cmd.append(str(containers_dir()))

@@ -1,0 +1,126 @@
+"""What the reconciliation chain knows about a job: evidence in, verdict out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    LOST = "lost"  # "State lost - unable to determine job status"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+    @property
+    def rank(self) -> int:
+        """Progress order: queued < running < lost < completed = failed (never backwards)."""
+        return {"queued": 0, "running": 1, "lost": 2, "completed": 3, "failed": 3}[self.value]
+
+
+class Source(StrEnum):
+    DATABASE = "database"
+    STATE_FILE = "state_file"
+    LIVENESS = "liveness"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class DbEvidence:
+    """The job's row in server.db. ``state``: ok | no_row | missing | locked | corrupt |
+    wrong_schema | no_sqlite3 | error (the whole database, as the probe found it)."""
+
+    state: str
+    status: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    started_epoch: int | None = None
+    completed_epoch: int | None = None
+    boot_id: str | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class FileEvidence:
+    """The state file. ``state``: ok | missing | invalid (not JSON, or wrong fields)."""
+
+    state: str
+    status: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    pid: int | None = None
+    wrapper_pid: int | None = None
+    proc_start: int | None = None
+    boot_id: str | None = None
+    started_epoch: int | None = None
+    completed_epoch: int | None = None
+    db: str | None = None
+    raw: str | None = None
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Processes on the host. ``job_alive``: the pid exists and its /proc start time equals the
+    recorded proc_start (None when there was nothing to check)."""
+
+    job_alive: bool | None = None
+    wrapper_alive: bool | None = None
+    tmux_session: bool | None = None
+
+
+@dataclass(frozen=True)
+class HostState:
+    reachable: bool
+    error: str | None = None
+    boot_id: str | None = None
+    now_epoch: float | None = None
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the local store knew before this reconciliation."""
+
+    status: JobStatus
+    exit_code: int | None = None
+    submitted_epoch: float | None = None
+    last_alive_epoch: float | None = None
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    job_id: str
+    host: HostState
+    db: DbEvidence | None = None
+    file: FileEvidence | None = None
+    live: Liveness = field(default_factory=Liveness)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    job_id: str
+    status: JobStatus
+    source: Source
+    reason: str
+    stale: bool = False
+    conflict: bool = False
+    exit_code: int | None = None
+    signal: str | None = None
+    said: dict[str, str] = field(default_factory=dict)  # what each source said
+    alive: bool = False
+
+    def log_line(self) -> str:
+        said = " ".join(f"{k}={v}" for k, v in self.said.items())
+        flags = "".join([" STALE" if self.stale else "", " CONFLICT" if self.conflict else ""])
+        return f"{self.job_id}: {self.status.value} (decided by {self.source.value}{flags}) [{said}] {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.job_id, "status": self.status.value, "source": self.source.value,
+                "reason": self.reason, "stale": self.stale, "conflict": self.conflict,
+                "exit_code": self.exit_code, "signal": self.signal, "said": dict(self.said)}
