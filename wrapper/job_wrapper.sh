@@ -92,6 +92,22 @@ trap 'on_signal TERM 15' TERM
 trap 'on_signal USR1 10' USR1
 trap 'on_signal USR2 12' USR2
 
+group_alive() { # PGID: is a live process left in the group? Zombies do not count: whoever
+  # adopted them (pid 1 of a container, a sandbox's init) may reap them late.
+  kill -0 -- "-$1" 2>/dev/null || kill -0 "-$1" 2>/dev/null || return 1
+  for st in /proc/[0-9]*/stat; do
+    g_line=''
+    { read -r g_line <"$st"; } 2>/dev/null || continue
+    set -f
+    # shellcheck disable=SC2086 # deliberate field splitting: state ppid pgrp ...
+    set -- "$1" ${g_line##*") "}
+    set +f
+    [ "$#" -ge 4 ] && [ "$4" = "$1" ] && [ "$2" != Z ] && return 0
+    set -- "$1"
+  done
+  return 1
+}
+
 # --- diagnostics: a log file first; stderr only best effort (it may be a hung-up terminal) --
 say() { (trap '' PIPE; printf 'jobkit-wrapper: %s: %s\n' "$job_id" "$1" >&2); }
 warn() {
@@ -355,7 +371,7 @@ trap '' HUP INT QUIT PIPE TERM USR1 USR2 # cleanup always runs to the end
 
 if [ -n "$timer_pid" ]; then
   # Group members that ignored the forwarded signal die by the timer's SIGKILL.
-  if kill -0 -- "-$job_pid" 2>/dev/null || kill -0 "-$job_pid" 2>/dev/null; then
+  if group_alive "$job_pid"; then
     wait "$timer_pid"
   else
     kill -s TERM "$timer_pid" 2>/dev/null

@@ -1,0 +1,177 @@
+"""One round trip per host: the evidence for any number of jobs (see ``data/probe.sh``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from jobkit.errors import TransportError
+from jobkit.models import DbEvidence, Evidence, FileEvidence, HostState, Liveness
+from jobkit.remote import base_dir_word
+from jobkit.transport import Transport
+
+FINAL_OR_RUNNING = {"running", "completed", "failed"}
+
+
+def probe_script() -> str:
+    return resources.files("jobkit").joinpath("data/probe.sh").read_text()
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """A job to ask about, with what the client already knows of its process."""
+
+    job_id: str
+    pid: int | None = None
+    proc_start: int | None = None
+
+
+@dataclass
+class ProbeResult:
+    host: HostState
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    all_ids: list[str] = field(default_factory=list)  # every state file on the host
+    raw: str = ""
+
+
+def _db_error_state(text: str) -> str:
+    t = text.lower()
+    if "locked" in t or "busy" in t:
+        return "locked"
+    if "not a database" in t or "malformed" in t or "corrupt" in t:
+        return "corrupt"
+    if "no such table" in t or "no such column" in t:
+        return "wrong_schema"
+    return "error"
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
+    sections: dict[str, list[str]] = {}
+    header: dict[str, str] = {}
+    current = ""
+    for line in output.split("\n"):
+        if line.startswith("=="):
+            name, _, rest = line[2:].partition(" ")
+            current = name
+            header[name] = rest
+            sections.setdefault(name, [])
+        elif current:
+            sections[current].append(line)
+    if "end" not in header:
+        raise TransportError("probe output incomplete", stdout=output[-2000:])
+    try:
+        now = float(header.get("now", ""))
+    except ValueError:
+        now = None
+    host = HostState(reachable=True, boot_id=header.get("boot") or None, now_epoch=now)
+
+    # database
+    db_head = header.get("db", "")
+    db_rows: dict[str, dict[str, Any]] = {}
+    db_state = "ok"
+    if db_head in ("no_sqlite3", "missing"):
+        db_state = db_head
+    else:
+        text = "\n".join(sections.get("db", [])).strip()
+        if db_head != "rc=0":
+            db_state = _db_error_state(text)
+        elif text:
+            try:
+                for row in json.loads(text):
+                    db_rows[str(row.get("id"))] = row
+            except (ValueError, AttributeError):
+                db_state = "error"
+
+    # state files: lines "F\t<path>\t<content>" grouped by file; "E id" marks existence
+    exists = {ln[2:] for ln in sections.get("files", []) if ln.startswith("E ")}
+    contents: dict[str, list[str]] = {}
+    for ln in sections.get("files", []):
+        if ln.startswith("F\t"):
+            _, path, content = ln.split("\t", 2)
+            jid = path.rsplit("/", 1)[-1].removesuffix(".status")
+            contents.setdefault(jid, []).append(content)
+
+    starts: dict[int, int | None] = {}
+    for ln in sections.get("procs", []):
+        parts = ln.split()
+        if len(parts) >= 2 and parts[0] == "S":
+            starts[int(parts[1])] = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    tmux_lines = sections.get("tmux", [])
+    tmux_ok = any(ln == "rc=0" for ln in tmux_lines)
+    tmux_known = any(ln.startswith("rc=") and ln != "rc=none" for ln in tmux_lines)
+    sessions = {ln[2:] for ln in tmux_lines if ln.startswith("T ")}
+
+    result = ProbeResult(host, raw=output)
+    result.all_ids = [ln[2:] for ln in sections.get("all", []) if ln.startswith("A ")]
+    for q in queries:
+        if db_state != "ok":
+            db = DbEvidence(db_state)
+        elif q.job_id in db_rows:
+            r = db_rows[q.job_id]
+            db = DbEvidence("ok", _str(r.get("status")), _int(r.get("exit_code")), _str(r.get("signal")),
+                            _int(r.get("started_epoch")), _int(r.get("completed_epoch")), _str(r.get("boot_id")),
+                            _int(r.get("pid")))
+        else:
+            db = DbEvidence("no_row")
+        sf = _file_evidence(q.job_id, q.job_id in exists, contents.get(q.job_id))
+        pid = sf.pid or db.pid or q.pid
+        proc_start = sf.proc_start if sf.proc_start is not None else q.proc_start
+        job_alive: bool | None = None
+        if pid is not None:
+            job_alive = pid in starts and (proc_start is None or starts[pid] == proc_start)
+        wrapper_alive = (sf.wrapper_pid in starts) if sf.wrapper_pid is not None else None
+        tmux = (q.job_id in sessions) if tmux_known else None
+        if tmux_known and not tmux_ok:
+            tmux = False  # no tmux server on the socket: no session
+        result.evidence[q.job_id] = Evidence(q.job_id, host, db, sf, Liveness(job_alive, wrapper_alive, tmux))
+    return result
+
+
+def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEvidence:
+    if not exists:
+        return FileEvidence("missing")
+    raw = "\n".join(lines or [])
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return FileEvidence("invalid", raw=raw[:500])
+    if not isinstance(data, dict) or data.get("id") != job_id or data.get("status") not in FINAL_OR_RUNNING:
+        return FileEvidence("invalid", raw=raw[:500])
+    code = _int(data.get("exit_code"))
+    if data["status"] != "running" and code is None:
+        return FileEvidence("invalid", raw=raw[:500])
+    return FileEvidence("ok", data["status"], code, _str(data.get("signal")), _int(data.get("pid")),
+                        _int(data.get("wrapper_pid")), _int(data.get("proc_start")), _str(data.get("boot_id")),
+                        _int(data.get("started_epoch")), _int(data.get("completed_epoch")), _str(data.get("db")),
+                        raw=raw[:500])
+
+
+async def probe(transport: Transport, queries: list[JobQuery], base_dir: str | None = None,
+                timeout: float = 5.0) -> ProbeResult:
+    """Ask the host about every job in ``queries`` with one command; an unreachable or slow host
+    gives ``host.reachable == False`` (never an exception for those)."""
+    from jobkit.errors import HostUnreachable, RemoteTimeout
+
+    stdin = "".join(f"{q.job_id} {q.pid or ''} {q.proc_start or ''}\n" for q in queries)
+    command = f"sh -c {_quote(probe_script())} probe {base_dir_word(base_dir)}"
+    try:
+        r = await transport.run(command, stdin=stdin, timeout=timeout)
+    except (HostUnreachable, RemoteTimeout) as exc:
+        return ProbeResult(HostState(reachable=False, error=exc.message))
+    return parse(r.stdout, queries)
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)

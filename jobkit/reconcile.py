@@ -1,0 +1,115 @@
+"""Reconciliation: one probe per host, the pure merge per job, one store transaction per host,
+one log line per job; plus the periodic service that runs it as a safety net."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobkit.merge import merge
+from jobkit.models import Verdict
+from jobkit.probe import JobQuery, probe
+from jobkit.store import AsyncStore, JobRecord
+from jobkit.transport import Transport
+
+log = logging.getLogger("jobkit.reconcile")
+
+
+@dataclass
+class HostReport:
+    host: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    changed: int = 0
+    orphans: list[str] = field(default_factory=list)
+    reachable: bool = True
+    error: str | None = None
+    seconds: float = 0.0
+
+
+async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, base_dir: str | None = None,
+                         all_jobs: bool = False, grace: float = 30.0, timeout: float = 5.0) -> HostReport:
+    start = time.monotonic()
+    jobs: list[JobRecord] = await store.call(store.sync.jobs, host, not all_jobs)
+    known_ids = {j.id for j in await store.call(store.sync.jobs, host, False)}
+    report = HostReport(host)
+    result = await probe(transport, [JobQuery(j.id, j.pid, j.proc_start) for j in jobs], base_dir, timeout)
+    report.reachable, report.error = result.host.reachable, result.host.error
+    updates: list[tuple[Verdict, dict[str, Any]]] = []
+    for job in jobs:
+        ev = result.evidence.get(job.id)
+        if ev is None:  # host unreachable: merge says unavailable
+            from jobkit.models import Evidence
+
+            ev = Evidence(job.id, result.host)
+        verdict = merge(ev, job.known(), grace=grace)
+        facts: dict[str, Any] = {}
+        if ev.file is not None and ev.file.state == "ok":
+            facts = {"pid": ev.file.pid, "proc_start": ev.file.proc_start, "boot_id": ev.file.boot_id,
+                     "started_epoch": ev.file.started_epoch, "completed_epoch": ev.file.completed_epoch}
+        elif ev.db is not None and ev.db.state == "ok":
+            facts = {"pid": ev.db.pid, "boot_id": ev.db.boot_id, "started_epoch": ev.db.started_epoch,
+                     "completed_epoch": ev.db.completed_epoch}
+        updates.append((verdict, facts))
+        report.verdicts.append(verdict)
+        log.info("%s %s", host, verdict.log_line())
+    report.changed = await store.call(store.sync.apply, updates)
+    report.orphans = sorted(set(result.all_ids) - known_ids)
+    report.seconds = time.monotonic() - start
+    return report
+
+
+TransportFor = Callable[[str], Transport]
+
+
+class ReconcileService:
+    """Reconcile every host now and then every ``interval`` seconds; a tick still running when
+    the next is due is not doubled; :meth:`stop` cancels the timer and awaits the tick in flight."""
+
+    def __init__(self, store: AsyncStore, transport_for: TransportFor, *, interval: float = 30.0,
+                 grace: float = 30.0) -> None:
+        self.store, self.transport_for, self.interval, self.grace = store, transport_for, interval, grace
+        self._task: asyncio.Task[None] | None = None
+        self._tick_lock = asyncio.Lock()
+        self.ticks = 0
+        self.skipped = 0
+        self.last: list[HostReport] = []
+
+    async def tick(self) -> list[HostReport]:
+        if self._tick_lock.locked():
+            self.skipped += 1
+            return []
+        async with self._tick_lock:
+            hosts = await self.store.call(self.store.sync.hosts)
+            reports = await asyncio.gather(*(
+                reconcile_host(self.transport_for(h.name), self.store, h.name, base_dir=h.base_dir, grace=self.grace)
+                for h in hosts))
+            self.ticks += 1
+            self.last = list(reports)
+            return self.last
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - a safety net must keep running
+                log.exception("reconciliation tick failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="jobkit-reconcile")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with self._tick_lock:  # a tick in flight finishes first
+            pass

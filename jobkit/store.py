@@ -1,0 +1,260 @@
+"""The local job store: SQLite on the runner's machine.
+
+Tables ``jobs`` and ``job_status_history`` (status, timestamp, source, reason), ``hosts`` and
+``meta``; versioned migrations (``PRAGMA user_version``), a database newer than this code is
+refused; WAL, busy timeout, foreign keys; every multi-row change in one transaction. The
+synchronous :class:`Store` is wrapped by :class:`AsyncStore`, which runs every call in a worker
+thread so blocking SQLite calls never run on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jobkit.errors import ConfigError, StoreError
+from jobkit.hosts import HostSpec
+from jobkit.models import JobStatus, Known, Verdict
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, history, hosts, meta
+    """
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY, address TEXT NOT NULL, port INTEGER NOT NULL, user TEXT NOT NULL,
+        private_key TEXT NOT NULL, known_host_key TEXT, base_dir TEXT
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, name TEXT, host TEXT NOT NULL REFERENCES hosts(name),
+        scheduler_job_id TEXT, command TEXT NOT NULL, status TEXT NOT NULL,
+        status_source TEXT, reason TEXT, stale INTEGER NOT NULL DEFAULT 0, conflict INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER, signal TEXT, error TEXT,
+        created_at REAL NOT NULL, submitted_at REAL, started_at REAL, completed_at REAL,
+        pid INTEGER, proc_start INTEGER, boot_id TEXT, last_alive_at REAL,
+        work_dir TEXT, updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_host_status ON jobs (host, status);
+    CREATE TABLE job_status_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        status TEXT NOT NULL, timestamp REAL NOT NULL, source TEXT NOT NULL, reason TEXT
+    );
+    CREATE INDEX history_job ON job_status_history (job_id, timestamp);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+ACTIVE = ("queued", "running", "lost")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    host: str
+    command: list[str]
+    status: JobStatus
+    status_source: str | None
+    reason: str | None
+    stale: bool
+    conflict: bool
+    exit_code: int | None
+    signal: str | None
+    created_at: float
+    submitted_at: float | None
+    completed_at: float | None
+    pid: int | None
+    proc_start: int | None
+    boot_id: str | None
+    last_alive_at: float | None
+
+    def known(self) -> Known:
+        return Known(self.status, self.exit_code, self.submitted_at, self.last_alive_at, self.boot_id)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"cannot use the store {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the store {self.path} has schema version {version}, newer than this jobkit "
+                             f"({SCHEMA_VERSION}): upgrade jobkit instead of downgrading the store")
+        for n in range(version, SCHEMA_VERSION):
+            with self._tx():
+                for stmt in MIGRATIONS[n].split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version = {n + 1}")
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self._lock)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- hosts ------------------------------------------------------------------------------
+    def add_host(self, spec: HostSpec) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "address=excluded.address, port=excluded.port, user=excluded.user, private_key=excluded.private_key, "
+                "known_host_key=excluded.known_host_key, base_dir=excluded.base_dir",
+                (spec.name, spec.address, spec.port, spec.user, str(spec.private_key), spec.known_host_key,
+                 spec.base_dir))
+
+    def host(self, name: str) -> HostSpec:
+        row = self._db.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise ConfigError(f"unknown host {name!r} (add it with: jobkit hosts add)")
+        return HostSpec(row["name"], row["address"], row["port"], row["user"], Path(row["private_key"]),
+                        row["known_host_key"], row["base_dir"])
+
+    def hosts(self) -> list[HostSpec]:
+        return [self.host(r[0]) for r in self._db.execute("SELECT name FROM hosts ORDER BY name")]
+
+    # --- jobs -------------------------------------------------------------------------------
+    def add_job(self, job_id: str, host: str, command: list[str], now: float | None = None) -> None:
+        now = now or time.time()
+        self.host(host)
+        with self._tx():
+            if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                raise ConfigError(f"job id {job_id!r} already exists in the store")
+            self._db.execute(
+                "INSERT INTO jobs (id, host, command, status, status_source, reason, created_at, submitted_at, "
+                "updated_at) VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?)",
+                (job_id, host, json.dumps(command), now, now, now))
+            self._history(job_id, "queued", now, "client", "submitted")
+
+    def job(self, job_id: str) -> JobRecord:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"unknown job {job_id!r}")
+        return _record(row)
+
+    def jobs(self, host: str | None = None, active_only: bool = False) -> list[JobRecord]:
+        sql, args = "SELECT * FROM jobs WHERE 1 = 1", []
+        if host is not None:
+            sql += " AND host = ?"
+            args.append(host)
+        if active_only:
+            sql += f" AND status IN ({','.join('?' * len(ACTIVE))})"
+            args.extend(ACTIVE)
+        return [_record(r) for r in self._db.execute(sql + " ORDER BY created_at, id", args)]
+
+    def mark_failed_launch(self, job_id: str, error: str) -> None:
+        now = time.time()
+        with self._tx():
+            self._db.execute("UPDATE jobs SET status='failed', status_source='client', reason=?, error=?, "
+                             "completed_at=?, updated_at=? WHERE id=?", (f"launch failed: {error}", error, now, now,
+                                                                         job_id))
+            self._history(job_id, "failed", now, "client", f"launch failed: {error}")
+
+    def apply(self, verdicts: Iterable[tuple[Verdict, dict[str, Any]]], now: float | None = None) -> int:
+        """Write one reconciliation's verdicts (with process facts) in one transaction; return
+        how many jobs changed status."""
+        now = now or time.time()
+        changed = 0
+        with self._tx():
+            for v, facts in verdicts:
+                row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (v.job_id,)).fetchone()
+                if row is None:
+                    continue
+                self._db.execute(
+                    "UPDATE jobs SET status=?, status_source=?, reason=?, stale=?, conflict=?, "
+                    "exit_code=coalesce(?, exit_code), signal=coalesce(?, signal), "
+                    "completed_at=CASE WHEN ? IN ('completed','failed') THEN coalesce(completed_at, ?) "
+                    "ELSE completed_at END, pid=coalesce(?, pid), proc_start=coalesce(?, proc_start), "
+                    "boot_id=coalesce(?, boot_id), last_alive_at=CASE WHEN ? THEN ? ELSE last_alive_at END, "
+                    "started_at=coalesce(started_at, ?), updated_at=? WHERE id=?",
+                    (v.status.value, v.source.value, v.reason, int(v.stale), int(v.conflict), v.exit_code, v.signal,
+                     v.status.value, facts.get("completed_epoch") or now, facts.get("pid"), facts.get("proc_start"),
+                     facts.get("boot_id"), int(v.alive), now, facts.get("started_epoch"), now, v.job_id))
+                if row["status"] != v.status.value:
+                    changed += 1
+                    self._history(v.job_id, v.status.value, now, v.source.value, v.reason)
+        return changed
+
+    def history(self, job_id: str) -> list[tuple[str, float, str, str | None]]:
+        return [(r["status"], r["timestamp"], r["source"], r["reason"]) for r in self._db.execute(
+            "SELECT * FROM job_status_history WHERE job_id = ? ORDER BY id", (job_id,))]
+
+    def _history(self, job_id: str, status: str, ts: float, source: str, reason: str | None) -> None:
+        self._db.execute("INSERT INTO job_status_history (job_id, status, timestamp, source, reason) "
+                         "VALUES (?, ?, ?, ?, ?)", (job_id, status, ts, source, reason))
+
+    # --- sessions: "while you were away" ----------------------------------------------------
+    def last_seen(self) -> float | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'last_seen'").fetchone()
+        return float(row[0]) if row else None
+
+    def touch_last_seen(self, now: float | None = None) -> None:
+        with self._tx():
+            self._db.execute("INSERT INTO meta VALUES ('last_seen', ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value", (str(now or time.time()),))
+
+    def away_summary(self, since: float) -> dict[str, list[str]]:
+        """Jobs whose latest change since ``since`` made them completed, failed or lost."""
+        out: dict[str, list[str]] = {"completed": [], "failed": [], "lost": []}
+        for r in self._db.execute(
+            "SELECT job_id, status FROM job_status_history h WHERE timestamp >= ? AND id = "
+            "(SELECT max(id) FROM job_status_history WHERE job_id = h.job_id) ORDER BY id", (since,)):
+            if r["status"] in out:
+                out[r["status"]].append(r["job_id"])
+        return out
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()
+
+
+def _record(r: sqlite3.Row) -> JobRecord:
+    return JobRecord(r["id"], r["host"], json.loads(r["command"]), JobStatus(r["status"]), r["status_source"],
+                     r["reason"], bool(r["stale"]), bool(r["conflict"]), r["exit_code"], r["signal"],
+                     r["created_at"], r["submitted_at"], r["completed_at"], r["pid"], r["proc_start"], r["boot_id"],
+                     r["last_alive_at"])
+
+
+class AsyncStore:
+    """The store for asyncio code: each call runs in a worker thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
