@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from jobkit import __version__
-from jobkit.errors import ConfigError, JobkitError
+from jobkit.errors import ConfigError, InvalidJobId, JobkitError
 
 #: Modules that contribute commands, in the order they appear in ``jobkit --help``.
-COMMAND_MODULES: tuple[str, ...] = ("jobkit.shells", "jobkit.lab.cli")
+COMMAND_MODULES: tuple[str, ...] = ("jobkit.runtime_cli", "jobkit.lab.cli", "jobkit.shells")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, InvalidJobId) as exc:
         print(f"jobkit: error: {exc}", file=sys.stderr)
         return 2
     except JobkitError as exc:

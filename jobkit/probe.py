@@ -105,6 +105,8 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
     for ln in sections.get("procs", []):
         parts = ln.split()
         if len(parts) >= 2 and parts[0] == "S":
+            if len(parts) > 3 and parts[3] in ("Z", "X"):
+                continue  # a zombie is dead, whoever will reap it
             starts[int(parts[1])] = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
     tmux_lines = sections.get("tmux", [])
     tmux_ok = any(ln == "rc=0" for ln in tmux_lines)

@@ -54,6 +54,7 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
         elif ev.db is not None and ev.db.state == "ok":
             facts = {"pid": ev.db.pid, "boot_id": ev.db.boot_id, "started_epoch": ev.db.started_epoch,
                      "completed_epoch": ev.db.completed_epoch}
+        facts["host_now"] = result.host.now_epoch
         updates.append((verdict, facts))
         report.verdicts.append(verdict)
         log.info("%s %s", host, verdict.log_line())

@@ -10,6 +10,7 @@ and tmux, given several arguments, runs them without a shell.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 
 from jobkit.errors import JobkitError, RemoteCommandFailed
@@ -28,17 +29,30 @@ class Submitted:
 
 
 def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict[str, str] | None = None) -> str:
-    """The remote command line that inserts the row and starts the wrapper in tmux."""
+    """The remote command line that inserts the row and starts the wrapper in tmux.
+
+    tmux gets the job as ONE shell-command string run by ``/bin/sh -c`` (set as the server's
+    default-shell): given several arguments, tmux would split them at any argument that is, or
+    ends with, ``;`` (its command separator), so a job argument ``;`` could inject tmux commands.
+    The string never ends with ``;``: every element is shell-quoted.
+    """
     validate_id(job_id)
     if not argv:
         raise JobkitError("empty command")
-    envs = " ".join(['"JOBKIT_BASE_DIR=$b"', *(argv_to_sh([f"{k}={v}"]) for k, v in (env or {}).items())])
+    extra = "".join(" " + argv_to_sh([f"{k}={v}"]) for k, v in (env or {}).items())
+    static = argv_to_sh([job_id, *argv])
     return (
         f"b={base_dir_word(base_dir)}; set -e; "
         f"sqlite3 -batch -bail -cmd '.timeout 5000' \"$b/server.db\" "
         f"\"INSERT INTO jobs (id, status) VALUES ('{job_id}', 'queued');\"; "
-        f"tmux -S \"$b/tmux.sock\" new-session -d -s {job_id} -- "
-        f"env {envs} \"$b/bin/job_wrapper.sh\" {argv_to_sh([job_id, *argv])}"
+        # The server stays up with no session (exit-empty off): otherwise a job that ends at
+        # once takes the server down under new-session, which then reports a failure for a job
+        # that did run.
+        f"tmux -S \"$b/tmux.sock\" start-server \\; set-option -g exit-empty off \\; "
+        f"set-option -g default-shell /bin/sh; "
+        + r"""qb=$(printf '%s' "$b" | sed "s/'/'\\\\''/g"); """
+        + f"tmux -S \"$b/tmux.sock\" new-session -d -s {job_id} "
+        + f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \"{shlex.quote(static)}"
     )
 
 

@@ -172,7 +172,8 @@ class Store:
 
     def apply(self, verdicts: Iterable[tuple[Verdict, dict[str, Any]]], now: float | None = None) -> int:
         """Write one reconciliation's verdicts (with process facts) in one transaction; return
-        how many jobs changed status."""
+        how many jobs changed status. ``last_alive_at`` is in the host's clock (``host_now``), the
+        clock the grace period is measured in."""
         now = now or time.time()
         changed = 0
         with self._tx():
@@ -189,7 +190,8 @@ class Store:
                     "started_at=coalesce(started_at, ?), updated_at=? WHERE id=?",
                     (v.status.value, v.source.value, v.reason, int(v.stale), int(v.conflict), v.exit_code, v.signal,
                      v.status.value, facts.get("completed_epoch") or now, facts.get("pid"), facts.get("proc_start"),
-                     facts.get("boot_id"), int(v.alive), now, facts.get("started_epoch"), now, v.job_id))
+                     facts.get("boot_id"), int(v.alive), facts.get("host_now") or now, facts.get("started_epoch"),
+                     now, v.job_id))
                 if row["status"] != v.status.value:
                     changed += 1
                     self._history(v.job_id, v.status.value, now, v.source.value, v.reason)

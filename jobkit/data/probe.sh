@@ -1,7 +1,7 @@
 # jobkit probe: every piece of evidence for many jobs in one round trip. POSIX sh (BusyBox too).
 # Usage: sh -c "$(cat probe.sh)" probe BASE_DIR   with stdin: lines "ID [PID [PROC_START]]"
 # Output sections: ==boot, ==now, ==db, ==exists/==files (state files via one awk), ==procs
-# (/proc start times via one awk), ==tmux, ==all (every state file on the host), ==end.
+# (/proc start times and states via one awk; a zombie is dead), ==tmux, ==all (every state file on the host), ==end.
 base=$1
 jobs=$base/jobs
 db=$base/server.db
@@ -48,7 +48,7 @@ for p in $pids $dbpids $filepids; do
   case $p in '' | *[!0123456789]*) continue ;; esac
   [ -r "/proc/$p/stat" ] && set -- "$@" "/proc/$p/stat"
 done
-[ "$#" -gt 0 ] && awk '{ f = FILENAME; sub(/^\/proc\//, "", f); sub(/\/stat$/, "", f); s = $0; sub(/.*\) /, "", s); split(s, a, " "); print "S " f " " a[20] }' "$@" 2>/dev/null
+[ "$#" -gt 0 ] && awk '{ f = FILENAME; sub(/^\/proc\//, "", f); sub(/\/stat$/, "", f); s = $0; sub(/.*\) /, "", s); split(s, a, " "); print "S " f " " a[20] " " a[1] }' "$@" 2>/dev/null
 echo '==tmux'
 if command -v tmux >/dev/null 2>&1; then
   tmux -S "$base/tmux.sock" list-sessions -F 'T #{session_name}' 2>/dev/null

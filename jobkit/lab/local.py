@@ -74,6 +74,7 @@ class LocalTarget:
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._children: set[int] = set()
         self._accepting = True
+        self.delay = 0.0  # a "slow host": seconds every command waits before it starts
         self.port = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +108,8 @@ class LocalTarget:
             process.stderr.write(b"jobkit local target: exec requests only\n")
             process.exit(1)
             return
+        if self.delay:
+            await asyncio.sleep(self.delay)
         env = {
             "HOME": str(self.home), "USER": self.user, "LOGNAME": self.user, "SHELL": "/bin/sh",
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),

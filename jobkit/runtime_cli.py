@@ -1,0 +1,225 @@
+"""``jobkit submit | status | reconcile | cancel | hosts``: the runtime from the command line.
+
+Tables for people, ``--json`` for scripts; bad input (unknown host, bad id, unreachable host)
+is a one-line error and a non-zero exit code, never a traceback. The store lives in
+``$JOBKIT_HOME/store.db`` (default ``~/.local/share/jobkit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jobkit.deploy import deploy
+from jobkit.errors import ConfigError, HostUnreachable, RemoteTimeout
+from jobkit.hosts import HostSpec
+from jobkit.ids import validate_id
+from jobkit.reconcile import HostReport, reconcile_host
+from jobkit.runner import cancel, submit
+from jobkit.store import AsyncStore, JobRecord, Store
+from jobkit.transport_ssh import SSHTransport
+
+
+def store_path() -> Path:
+    home = os.environ.get("JOBKIT_HOME") or str(Path.home() / ".local" / "share" / "jobkit")
+    return Path(home) / "store.db"
+
+
+def _store() -> AsyncStore:
+    return AsyncStore(Store(store_path()))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
+
+
+def _job_row(j: JobRecord) -> list[str]:
+    flags = ("stale " if j.stale else "") + ("conflict" if j.conflict else "")
+    return [j.id, j.host, j.status.value, "" if j.exit_code is None else str(j.exit_code), flags.strip(),
+            (j.reason or "")[:70]]
+
+
+def _job_json(j: JobRecord) -> dict[str, Any]:
+    return {"id": j.id, "host": j.host, "status": j.status.value, "exit_code": j.exit_code, "signal": j.signal,
+            "stale": j.stale, "conflict": j.conflict, "source": j.status_source, "reason": j.reason,
+            "command": j.command, "submitted_at": j.submitted_at, "completed_at": j.completed_at}
+
+
+# --- hosts ----------------------------------------------------------------------------------
+def cmd_hosts_add(args: argparse.Namespace) -> int:
+    url = urlparse(args.url)
+    if url.scheme != "ssh" or not url.hostname or not url.username:
+        raise ConfigError(f"host address must look like ssh://user@host[:port], not {args.url!r}")
+    key = Path(args.key).expanduser()
+    if not key.is_file():
+        raise ConfigError(f"private key {key} does not exist")
+    known = args.known_host_key
+    if args.known_hosts:
+        lines = [ln.split(None, 1)[1] for ln in Path(args.known_hosts).read_text().splitlines()
+                 if ln.strip() and not ln.startswith("#") and len(ln.split()) >= 3]
+        known = lines[0] if lines else None
+    if not known:
+        raise ConfigError("give the host's public key (--known-host-key or --known-hosts): "
+                          "jobkit never connects without checking it")
+    store = Store(store_path())
+    store.add_host(HostSpec(args.name, url.hostname, url.port or 22, url.username, key.resolve(), known.strip(),
+                            args.base_dir))
+    print(f"host {args.name} added: {url.username}@{url.hostname}:{url.port or 22}")
+    return 0
+
+
+def cmd_hosts_ls(args: argparse.Namespace) -> int:
+    hosts = Store(store_path()).hosts()
+    if args.json:
+        print(json.dumps([{"name": h.name, "address": h.address, "port": h.port, "user": h.user,
+                           "base_dir": h.base_dir} for h in hosts], indent=2))
+    else:
+        print(_table([[h.name, h.display, h.base_dir or "~/.jobkit"] for h in hosts], ["HOST", "ADDRESS", "BASE"]))
+    return 0
+
+
+# --- jobs -----------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ConfigError("nothing to run: jobkit submit HOST -- COMMAND [ARGS...]")
+    if args.id is not None:
+        validate_id(args.id)
+    store = _store()
+    spec = store.sync.host(args.host)
+
+    async def go() -> str:
+        t = SSHTransport(spec)
+        try:
+            if not args.no_deploy:
+                await deploy(t, spec.base_dir)
+            s = await submit(t, store, spec.name, argv, job_id=args.id, base_dir=spec.base_dir)
+            return s.job_id
+        finally:
+            await t.close()
+
+    job_id = asyncio.run(go())
+    print(json.dumps({"id": job_id, "host": spec.name}) if args.json else job_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = Store(store_path())
+    jobs = [store.job(validate_id(j)) for j in args.jobs] if args.jobs else store.jobs()
+    if args.json:
+        print(json.dumps([_job_json(j) for j in jobs], indent=2))
+    else:
+        print(_table([_job_row(j) for j in jobs], ["JOB", "HOST", "STATUS", "EXIT", "FLAGS", "REASON"]))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    store = _store()
+    hosts = [store.sync.host(args.host)] if args.host else store.sync.hosts()
+    since = store.sync.last_seen()
+    started = time.time()
+
+    async def go() -> list[HostReport]:
+        async def one(spec: HostSpec) -> HostReport:
+            t = SSHTransport(spec)
+            try:
+                return await reconcile_host(t, store, spec.name, base_dir=spec.base_dir, all_jobs=args.all,
+                                            timeout=args.timeout)
+            finally:
+                await t.close()
+
+        return list(await asyncio.gather(*(one(h) for h in hosts)))
+
+    reports = asyncio.run(go())
+    away = store.sync.away_summary(since) if since is not None else None
+    store.sync.touch_last_seen(started)
+    if args.json:
+        print(json.dumps({"hosts": [{"host": r.host, "reachable": r.reachable, "error": r.error,
+                                     "changed": r.changed, "orphans": r.orphans, "seconds": round(r.seconds, 3),
+                                     "jobs": [v.as_dict() for v in r.verdicts]} for r in reports],
+                          "while_you_were_away": away}, indent=2))
+    else:
+        if away and any(away.values()):
+            print("while you were away: " + ", ".join(f"{len(v)} {k}" for k, v in away.items() if v))
+        for r in reports:
+            state = "reachable" if r.reachable else f"UNAVAILABLE ({r.error}): showing last known status"
+            print(f"{r.host}: {state}; {len(r.verdicts)} job(s), {r.changed} changed, {r.seconds:.2f}s")
+            if r.verdicts:
+                print(_table([[v.job_id, v.status.value + (" (stale)" if v.stale else ""), v.source.value,
+                               " ".join(f"{k}={s}" for k, s in v.said.items()), v.reason[:60]] for v in r.verdicts],
+                             ["JOB", "STATUS", "DECIDED BY", "SOURCES", "REASON"]))
+            if r.orphans:
+                print(f"{r.host}: {len(r.orphans)} job(s) on the host unknown to this store: {' '.join(r.orphans)}")
+    unreachable = [r.host for r in reports if not r.reachable]
+    if unreachable:
+        print(f"jobkit: error: host(s) unavailable: {', '.join(unreachable)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = Store(store_path())
+    job = store.job(validate_id(args.job))
+    spec = store.host(job.host)
+
+    async def go() -> str:
+        t = SSHTransport(spec)
+        try:
+            return await cancel(t, job.id, spec.base_dir)
+        finally:
+            await t.close()
+
+    try:
+        print(f"{job.id}: {asyncio.run(go())}")
+    except (HostUnreachable, RemoteTimeout) as exc:
+        raise HostUnreachable(f"cannot cancel {job.id}: {exc.message}", host=spec.name) from exc
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    logging.basicConfig(level=os.environ.get("JOBKIT_LOG", "WARNING"), format="%(name)s: %(message)s")
+    p = sub.add_parser("submit", help="run a command on a host: jobkit submit HOST -- CMD...")
+    p.add_argument("host")
+    p.add_argument("--id", help="job id (default: generated); 1-64 of A-Z a-z 0-9 _ -")
+    p.add_argument("--no-deploy", action="store_true", help="do not check/install the wrapper first")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser("status", help="jobs as the local store knows them")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+    p = sub.add_parser("reconcile", help="ask the hosts how their jobs really are (one round trip per host)")
+    p.add_argument("--host")
+    p.add_argument("--all", action="store_true", help="also re-check jobs already final")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-host bound in seconds (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_reconcile)
+    p = sub.add_parser("cancel", help="stop a job (TERM to its wrapper, forwarded to the job's group)")
+    p.add_argument("job")
+    p.set_defaults(handler=cmd_cancel)
+    hosts = sub.add_parser("hosts", help="hosts jobs run on")
+    hsub = hosts.add_subparsers(dest="hosts_command", metavar="COMMAND", required=True)
+    p = hsub.add_parser("add", help="add or update a host")
+    p.add_argument("name")
+    p.add_argument("url", help="ssh://user@host[:port]")
+    p.add_argument("--key", required=True, help="private key file")
+    p.add_argument("--known-host-key", help="the server's public host key, e.g. 'ssh-ed25519 AAAA...'")
+    p.add_argument("--known-hosts", help="a known_hosts file holding the server's key")
+    p.add_argument("--base-dir", help="where the wrapper keeps its files on the host (default ~/.jobkit)")
+    p.set_defaults(handler=cmd_hosts_add)
+    p = hsub.add_parser("ls", help="list hosts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_hosts_ls)

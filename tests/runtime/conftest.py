@@ -1,0 +1,52 @@
+"""Runtime integration tests run on the embedded `local` target and on every offline Docker
+target (those carry the `container` marker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobkit.lab import Lab, LabHost, offline_targets
+from jobkit.store import AsyncStore, Store
+from jobkit.transport_ssh import SSHTransport
+
+TARGETS = [pytest.param("local", id="local"),
+           *(pytest.param(t, id=t, marks=pytest.mark.container) for t in offline_targets())]
+
+
+@pytest.fixture(scope="session")
+def runtime_lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.fixture(params=TARGETS)
+def host(request: pytest.FixtureRequest, runtime_lab: Lab) -> LabHost:
+    return runtime_lab.start(request.param)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[AsyncStore]:
+    s = Store(tmp_path / "store.db")
+    yield AsyncStore(s)
+    s.close()
+
+
+@pytest.fixture
+async def transport(host: LabHost, store: AsyncStore) -> AsyncIterator[SSHTransport]:
+    store.sync.add_host(host.spec)
+    t = SSHTransport(host.spec)
+    yield t
+    await t.close()
+
+
+async def wait_until(predicate: Any, seconds: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)

@@ -1,0 +1,164 @@
+"""Submit, finish, fail, cancel, and reconcile through every failure the issue lists."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from jobkit.lab import LabHost
+from jobkit.merge import SIGKILL_REASON
+from jobkit.models import JobStatus, Source
+from jobkit.reconcile import reconcile_host
+from jobkit.runner import cancel, submit
+from jobkit.store import AsyncStore, Store
+from jobkit.transport_ssh import SSHTransport
+from tests.runtime.conftest import wait_until
+
+pytestmark = pytest.mark.slow
+B = '"$HOME/.jobkit"'
+
+
+def jid(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+async def final_on_host(t: SSHTransport, job: str) -> bool:
+    r = await t.run(f"cat {B}/jobs/{job}.status 2>/dev/null")
+    return '"status":"completed"' in r.stdout or '"status":"failed"' in r.stdout
+
+
+async def state_on_host(t: SSHTransport, job: str) -> dict[str, object]:
+    r = await t.run(f"cat {B}/jobs/{job}.status", check=True)
+    return dict(json.loads(r.stdout))
+
+
+async def test_submit_complete_and_fail(host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    ok = (await submit(transport, store, host.target, ["sh", "-c", "echo hi"], job_id=jid("ok"))).job_id
+    bad = (await submit(transport, store, host.target, ["sh", "-c", "exit 3"], job_id=jid("bad"))).job_id
+    await wait_until(lambda: final_on_host(transport, bad))
+    await wait_until(lambda: final_on_host(transport, ok))
+    report = await reconcile_host(transport, store, host.target)
+    by_id = {v.job_id: v for v in report.verdicts}
+    assert (by_id[ok].status, by_id[ok].source, by_id[ok].exit_code) == (JobStatus.COMPLETED, Source.DATABASE, 0)
+    assert (by_id[bad].status, by_id[bad].exit_code) == (JobStatus.FAILED, 3)
+    assert store.sync.job(ok).status is JobStatus.COMPLETED
+    assert [h[0] for h in store.sync.history(bad)] == ["queued", "failed"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["printf", "%s|", "a b", "$(touch /tmp/pwned-jobkit)", "`id`", "'q'", 'd"q', "new\nline", "üñí", "*", ";", "\\"],
+])
+async def test_the_command_runs_exactly_as_given(host: LabHost, store: AsyncStore, transport: SSHTransport,
+                                                 argv: list[str]) -> None:
+    job = jid("argv")
+    out = f"{B}/out-{job}"
+    await submit(transport, store, host.target, ["sh", "-c", 'exec "$@" > "$HOME/.jobkit/out-$0"', job, *argv],
+                 job_id=job)
+    await wait_until(lambda: final_on_host(transport, job))
+    got = (await transport.run(f"cat {out}", check=True)).stdout
+    assert got == "".join(a + "|" for a in argv[2:])
+    assert (await transport.run("test -e /tmp/pwned-jobkit")).exit_status != 0
+
+
+async def test_cancel_records_failed_143(host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=jid("cancel"))).job_id
+    await wait_until(lambda: _has_state(transport, job))
+    assert await cancel(transport, job) == "signalled-wrapper"
+    await wait_until(lambda: final_on_host(transport, job))
+    report = await reconcile_host(transport, store, host.target)
+    v = next(v for v in report.verdicts if v.job_id == job)
+    assert (v.status, v.exit_code, v.signal) == (JobStatus.FAILED, 143, "TERM")
+
+
+async def _has_state(t: SSHTransport, job: str) -> bool:
+    return (await t.run(f"test -f {B}/jobs/{job}.status")).exit_status == 0
+
+
+async def test_runner_restarted_while_jobs_finish(host: LabHost, tmp_path: Path, transport: SSHTransport) -> None:
+    path = tmp_path / "runner.db"
+    first = AsyncStore(Store(path))
+    first.sync.add_host(host.spec)
+    jobs = [(await submit(transport, first, host.target, ["sh", "-c", f"sleep 1; exit {i}"], job_id=jid("away"))).job_id
+            for i in (0, 1)]
+    first.sync.touch_last_seen()
+    first.sync.close()  # the runner goes away
+    for j in jobs:
+        await wait_until(lambda j=j: final_on_host(transport, j))
+    second = AsyncStore(Store(path))  # ... and comes back
+    since = second.sync.last_seen()
+    assert since is not None
+    await reconcile_host(transport, second, host.target)
+    away = second.sync.away_summary(since)
+    assert (away["completed"], away["failed"]) == ([jobs[0]], [jobs[1]])
+    second.sync.close()
+
+
+async def test_wrapper_sigkilled_becomes_failed_after_grace(host: LabHost, store: AsyncStore,
+                                                            transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=jid("kill9"))).job_id
+    await wait_until(lambda: _has_state(transport, job))
+    first = await reconcile_host(transport, store, host.target)
+    assert next(v for v in first.verdicts if v.job_id == job).status is JobStatus.RUNNING
+    st = await state_on_host(transport, job)
+    await transport.run(f"kill -s KILL {st['wrapper_pid']}; kill -s KILL -- -{st['pgid']} 2>/dev/null || "
+                        f"kill -s KILL -{st['pgid']}", check=True)
+    await asyncio.sleep(0.3)
+    within = await reconcile_host(transport, store, host.target, grace=60)
+    assert next(v for v in within.verdicts if v.job_id == job).status is JobStatus.RUNNING
+    after = await reconcile_host(transport, store, host.target, grace=0)
+    v = next(v for v in after.verdicts if v.job_id == job)
+    assert (v.status, v.reason) == (JobStatus.FAILED, SIGKILL_REASON)
+
+
+async def test_tmux_server_killed_is_failed(host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=jid("tmux"))).job_id
+    await wait_until(lambda: _has_state(transport, job))
+    await transport.run(f"tmux -S {B}/tmux.sock kill-server", check=True)
+    await wait_until(lambda: final_on_host(transport, job))
+    report = await reconcile_host(transport, store, host.target)
+    v = next(v for v in report.verdicts if v.job_id == job)
+    assert v.status is JobStatus.FAILED
+    assert v.signal in ("HUP", "TERM")
+
+
+async def test_database_locked_answer_from_state_file(host: LabHost, store: AsyncStore,
+                                                      transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["true"], job_id=jid("locked"))).job_id
+    await wait_until(lambda: final_on_host(transport, job))
+    await transport.run(  # an exclusive lock that also keeps readers out (WAL lets readers in otherwise)
+        f"(printf 'PRAGMA locking_mode=EXCLUSIVE;\\nBEGIN EXCLUSIVE;\\nUPDATE jobs SET host = host;\\n"
+        f".system sleep 4\\nCOMMIT;\\n' | sqlite3 {B}/server.db) >/dev/null 2>&1 &", check=True)
+    await asyncio.sleep(0.5)
+    start = time.monotonic()
+    report = await reconcile_host(transport, store, host.target)
+    assert time.monotonic() - start < 5
+    v = next(v for v in report.verdicts if v.job_id == job)
+    assert (v.status, v.source, v.said["database"]) == (JobStatus.COMPLETED, Source.STATE_FILE, "locked")
+    await asyncio.sleep(4)
+
+
+async def test_state_file_deleted_answer_from_database(host: LabHost, store: AsyncStore,
+                                                       transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["sh", "-c", "exit 5"], job_id=jid("nofile"))).job_id
+    await wait_until(lambda: final_on_host(transport, job))
+    await transport.run(f"rm {B}/jobs/{job}.status", check=True)
+    v = next(v for v in (await reconcile_host(transport, store, host.target)).verdicts if v.job_id == job)
+    assert (v.status, v.exit_code, v.source, v.said["state_file"]) == (JobStatus.FAILED, 5, Source.DATABASE, "missing")
+
+
+async def test_both_gone_process_alive_is_running_by_liveness(host: LabHost, store: AsyncStore,
+                                                              transport: SSHTransport) -> None:
+    job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=jid("alive"))).job_id
+    await wait_until(lambda: _has_state(transport, job))
+    await reconcile_host(transport, store, host.target)  # learns pid + start time
+    await transport.run(f"rm {B}/jobs/{job}.status; sqlite3 {B}/server.db \"DELETE FROM jobs WHERE id = '{job}'\"",
+                        check=True)
+    v = next(v for v in (await reconcile_host(transport, store, host.target)).verdicts if v.job_id == job)
+    assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS)
+    assert v.said == {"database": "no_row", "state_file": "missing", "liveness": "alive"}
+    await cancel(transport, job)
