@@ -35,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is a job's command, verbatim (argparse's own handling of
+    # `--` inside subcommands drops or rejects it).
+    rest: list[str] | None = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
     args = parser.parse_args(argv)
+    if rest is not None:
+        if not hasattr(args, "job_argv"):
+            parser.error("unexpected arguments after --")
+        args.job_argv = [*(args.job_argv or []), *rest]
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

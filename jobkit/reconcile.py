@@ -98,7 +98,7 @@ class ReconcileService:
             started = time.monotonic()
             try:
                 await self.tick()
-            except Exception:  # noqa: BLE001 - a safety net must keep running
+            except Exception:
                 log.exception("reconciliation tick failed")
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 

@@ -90,9 +90,7 @@ def cmd_hosts_ls(args: argparse.Namespace) -> int:
 
 # --- jobs -----------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    argv = list(args.command)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    argv = list(args.job_argv)
     if not argv:
         raise ConfigError("nothing to run: jobkit submit HOST -- COMMAND [ARGS...]")
     if args.id is not None:
@@ -195,7 +193,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--id", help="job id (default: generated); 1-64 of A-Z a-z 0-9 _ -")
     p.add_argument("--no-deploy", action="store_true", help="do not check/install the wrapper first")
     p.add_argument("--json", action="store_true")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("job_argv", nargs="*", metavar="COMMAND", help="the command and its arguments, after --")
     p.set_defaults(handler=cmd_submit)
     p = sub.add_parser("status", help="jobs as the local store knows them")
     p.add_argument("jobs", nargs="*", metavar="JOB")

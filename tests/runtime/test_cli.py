@@ -1,0 +1,100 @@
+"""The runtime CLI as a person or a script uses it, against the embedded local target."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobkit import cli
+from jobkit.lab import Lab, LabHost
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def local(runtime_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabHost]:
+    monkeypatch.setenv("JOBKIT_HOME", str(tmp_path / "home"))
+    host = runtime_lab.start("local")
+    return host
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+def add(capsys: pytest.CaptureFixture[str], host: LabHost, name: str = "lab", port: int | None = None) -> None:
+    rc, out, _ = run(capsys, "hosts", "add", name, f"ssh://{host.spec.user}@127.0.0.1:{port or host.spec.port}",
+                     "--key", str(host.spec.private_key), "--known-host-key", host.spec.known_host_key or "")
+    assert rc == 0, out
+
+
+def test_submit_status_reconcile_cancel(local: LabHost, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, local)
+    rc, out, _ = run(capsys, "hosts", "ls", "--json")
+    assert rc == 0
+    assert json.loads(out)[0]["name"] == "lab"
+    rc, out, err = run(capsys, "submit", "lab", "--json", "--", "sh", "-c", "exit 4")
+    assert rc == 0, err
+    failing = json.loads(out)["id"]
+    rc, out, err = run(capsys, "submit", "lab", "--", "sleep", "60")
+    assert rc == 0, err
+    sleeper = out.strip()
+    deadline = time.monotonic() + 15
+    while True:
+        rc, out, _ = run(capsys, "reconcile", "--json")
+        jobs = {j["id"]: j for h in json.loads(out)["hosts"] for j in h["jobs"]}
+        if jobs[failing]["status"] == "failed" and jobs[sleeper]["status"] == "running":
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.2)
+    assert jobs[failing]["exit_code"] == 4
+    rc, out, _ = run(capsys, "cancel", sleeper)
+    assert (rc, out.strip()) == (0, f"{sleeper}: signalled-wrapper")
+    deadline = time.monotonic() + 15
+    while True:
+        run(capsys, "reconcile")
+        rc, out, _ = run(capsys, "status", sleeper, "--json")
+        if json.loads(out)[0]["status"] == "failed":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    rc, out, _ = run(capsys, "status")
+    assert sleeper in out
+    assert "JOB" in out.splitlines()[0]
+
+
+def test_bad_input_is_a_clear_error_never_a_traceback(local: LabHost, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "submit", "nosuchhost", "--", "true")
+    assert rc == 2
+    assert "unknown host 'nosuchhost'" in err
+    add(capsys, local)
+    rc, _, err = run(capsys, "submit", "lab", "--id", "x'; DROP TABLE jobs; --", "--", "true")
+    assert rc == 2
+    assert "invalid job id" in err
+    rc, _, err = run(capsys, "status", "../x")
+    assert rc == 2
+    rc, _, err = run(capsys, "hosts", "add", "h", "http://x", "--key", "/nonexistent")
+    assert rc == 2
+
+
+def test_an_unreachable_host_is_reported_with_a_nonzero_exit(local: LabHost,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    add(capsys, local, name="dead", port=dead_port)
+    rc, _, err = run(capsys, "submit", "dead", "--", "true")
+    assert rc == 1
+    assert "cannot connect" in err
+    rc, out, err = run(capsys, "reconcile", "--host", "dead")
+    assert rc == 3
+    assert "UNAVAILABLE" in out
+    assert "unavailable: dead" in err
