@@ -1,16 +1,14 @@
-# jobkit probe: every piece of evidence for many jobs in one round trip. POSIX sh (BusyBox too).
+# jobkit probe: every piece of evidence for many jobs in one round trip. POSIX sh + awk (BusyBox
+# too); a handful of processes whatever the number of jobs, no per-job shell loop.
 # Usage: sh -c "$(cat probe.sh)" probe BASE_DIR   with stdin: lines "ID [PID [PROC_START]]"
-# Output sections: ==boot, ==now, ==db, ==exists/==files (state files via one awk), ==procs
-# (/proc start times and states via one awk; a zombie is dead), ==tmux, ==all (every state file on the host), ==end.
+# Output sections: ==boot, ==now, ==db (sqlite3 -json), ==files (E id / F<TAB>path<TAB>line /
+# P pid), ==procs (S pid starttime state; a zombie is dead), ==tmux (T name, rc=N),
+# ==all (A id: every state file on the host), ==end.
 base=$1
 jobs=$base/jobs
 db=$base/server.db
-ids='' pids=''
-while read -r id pid _start; do
-  case $id in '' | *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-]*) continue ;; esac
-  ids="$ids $id"
-  case $pid in '' | *[!0123456789]*) ;; *) pids="$pids $pid" ;; esac
-done
+# ids and pids the client asked about; anything not a valid id is dropped here
+input=$(awk '$1 ~ /^[A-Za-z0-9_-]+$/ && length($1) <= 64 { print $1, ($2 ~ /^[0-9]+$/ ? $2 : "") }')
 boot=''
 { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null
 printf '==boot %s\n==now %s\n' "$boot" "$(date +%s)"
@@ -20,35 +18,30 @@ if ! command -v sqlite3 >/dev/null 2>&1; then
 elif [ ! -f "$db" ]; then
   echo '==db missing'
 else
-  list=''
-  for id in $ids; do list="$list${list:+,}'$id'"; done
-  out=$(sqlite3 -json -bail -cmd '.timeout 1500' "$db" \
-    "SELECT id, status, exit_code, signal, started_epoch, completed_epoch, boot_id, pid FROM jobs WHERE id IN ($list);" 2>&1)
+  sql=$(printf '%s\n' "$input" | awk 'BEGIN { ORS = ""; q = sprintf("%c", 39)
+      print "SELECT id, status, exit_code, signal, started_epoch, completed_epoch, boot_id, pid FROM jobs WHERE id IN (" }
+    NF { if (n++) print ","; print q $1 q } END { print ");" }')
+  out=$(sqlite3 -json -bail -cmd '.timeout 1500' "$db" "$sql" 2>&1)
   printf '==db rc=%s\n%s\n' "$?" "$out"
   dbpids=$(printf '%s\n' "$out" | sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p')
 fi
 echo '==files'
-set --
-for id in $ids; do
-  if [ -f "$jobs/$id.status" ]; then echo "E $id"; set -- "$@" "$jobs/$id.status"; fi
-done
-filepids=''
-if [ "$#" -gt 0 ]; then
-  fout=$(awk '{ printf "F\t%s\t%s\n", FILENAME, $0
-    s = $0
-    while (match(s, /"(wrapper_)?pid":[0-9]+/)) {
-      v = substr(s, RSTART, RLENGTH); sub(/.*:/, "", v); print "P " v; s = substr(s, RSTART + RLENGTH)
-    } }' "$@")
-  printf '%s\n' "$fout"
-  filepids=$(printf '%s\n' "$fout" | sed -n 's/^P //p')
-fi
+files=$(printf '%s\n' "$input" | awk -v dir="$jobs" 'NF {
+    f = dir "/" $1 ".status"; seen = 0
+    while ((getline line < f) > 0) {
+      if (!seen++) print "E " $1
+      printf "F\t%s\t%s\n", f, line
+      s = line
+      while (match(s, /"(wrapper_)?pid":[0-9]+/)) { v = substr(s, RSTART, RLENGTH); sub(/.*:/, "", v); print "P " v; s = substr(s, RSTART + RLENGTH) }
+    }
+    close(f) }')
+printf '%s\n' "$files"
 echo '==procs'
-set --
-for p in $pids $dbpids $filepids; do
-  case $p in '' | *[!0123456789]*) continue ;; esac
-  [ -r "/proc/$p/stat" ] && set -- "$@" "/proc/$p/stat"
-done
-[ "$#" -gt 0 ] && awk '{ f = FILENAME; sub(/^\/proc\//, "", f); sub(/\/stat$/, "", f); s = $0; sub(/.*\) /, "", s); split(s, a, " "); print "S " f " " a[20] " " a[1] }' "$@" 2>/dev/null
+{ printf '%s\n' "$input" | awk '$2 != "" { print $2 }'; printf '%s\n' "$dbpids"; printf '%s\n' "$files" | sed -n 's/^P //p'; } |
+  awk '/^[0-9]+$/ && !seen[$1]++ {
+    f = "/proc/" $1 "/stat"
+    if ((getline line < f) > 0) { s = line; sub(/.*\) /, "", s); split(s, a, " "); print "S " $1 " " a[20] " " a[1] }
+    close(f) }'
 echo '==tmux'
 if command -v tmux >/dev/null 2>&1; then
   tmux -S "$base/tmux.sock" list-sessions -F 'T #{session_name}' 2>/dev/null

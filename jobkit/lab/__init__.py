@@ -15,6 +15,7 @@ login with the pinned host key succeeded and the wrapper is deployed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import tempfile
@@ -208,11 +209,11 @@ class Lab:
                             private_key=self.key.path, known_host_key=hk.public,
                             labels={"target": name, "image": target.image})
             report = _ready(spec, time.monotonic() + READY_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             logs = b"".join(container.get_logs()).decode("utf-8", "replace")
             with contextlib.suppress(Exception):
                 container.stop()
-            raise JobkitError(f"lab target {name} did not become ready", host=name, stderr=logs) from None
+            raise JobkitError(f"lab target {name} did not become ready: {exc}", host=name, stderr=logs) from exc
         return LabHost(name, spec, report, time.monotonic() - start, container=container)
 
 
@@ -237,4 +238,10 @@ def _ready(spec: HostSpec, deadline: float) -> DeployReport:
             await asyncio.sleep(0.05)
         raise HostUnreachable(f"no SSH login within the ready timeout: {last}", host=spec.name)
 
-    return asyncio.run(attempt())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(attempt())
+    # called from async code (a running loop in this thread): do the login in a thread of its own
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, attempt()).result()

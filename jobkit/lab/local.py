@@ -73,6 +73,7 @@ class LocalTarget:
         self._server: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._children: set[int] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = True
         self.delay = 0.0  # a "slow host": seconds every command waits before it starts
         self.port = 0
@@ -103,6 +104,10 @@ class LocalTarget:
         return self.spec
 
     async def _handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         command = process.command
         if command is None:  # interactive shell: not offered, like a forced-command server
             process.stderr.write(b"jobkit local target: exec requests only\n")
@@ -190,6 +195,10 @@ class LocalTarget:
 
     async def stop(self) -> None:
         await self.stop_accepting()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
         for pid in list(self._children):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
