@@ -85,7 +85,8 @@ async def test_periodic_service_ticks_skips_overlaps_and_stops_cleanly(local_hos
     store = AsyncStore(Store(tmp_path / "svc.db"))
     store.sync.add_host(local_host.spec)
     t = SSHTransport(local_host.spec)
-    job = (await submit(t, store, local_host.target, ["sh", "-c", "sleep 1"], job_id=f"svc-{uuid.uuid4().hex[:8]}")).job_id
+    job_id = f"svc-{uuid.uuid4().hex[:8]}"
+    job = (await submit(t, store, local_host.target, ["sh", "-c", "sleep 1"], job_id=job_id)).job_id
     service = ReconcileService(store, lambda name: t, interval=0.3)
     service.start()
     first = asyncio.create_task(service.tick())  # overlapping with the loop's own first tick
