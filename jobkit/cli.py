@@ -16,7 +16,7 @@ from jobkit import __version__
 from jobkit.errors import ConfigError, InvalidJobId, JobkitError
 
 #: Modules that contribute commands, in the order they appear in ``jobkit --help``.
-COMMAND_MODULES: tuple[str, ...] = ("jobkit.runtime_cli", "jobkit.lab.cli", "jobkit.shells")
+COMMAND_MODULES: tuple[str, ...] = ("jobkit.conformance.cli", "jobkit.runtime_cli", "jobkit.lab.cli", "jobkit.shells")
 
 Handler = Callable[[argparse.Namespace], int]
 

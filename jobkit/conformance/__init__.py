@@ -1,0 +1,1 @@
+"""The conformance suite: numbered clauses (conformance/SPEC.md) checked on any target."""

@@ -1,0 +1,545 @@
+"""The numbered clauses of conformance/SPEC.md, each as a check over one target.
+
+A check raises AssertionError (the clause fails, with its message) or NotApplicable (the fault
+cannot be made on this target); anything else is an error of the suite. Keep SPEC.md in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobkit.conformance.context import Ctx
+from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
+from jobkit.hosts import HostSpec
+from jobkit.merge import SIGKILL_REASON
+from jobkit.models import JobStatus, Source, Verdict
+from jobkit.probe import JobQuery, probe
+from jobkit.reconcile import reconcile_host
+from jobkit.store import AsyncStore, Store
+
+Check = Callable[[Ctx], Awaitable[None]]
+
+
+class NotApplicable(Exception):
+    """The clause's fault cannot be made on this target."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    title: str
+    fm: str  # FAILURE-MODES.md items
+    check: Check
+    must: bool = True
+
+
+CLAUSES: list[Clause] = []
+
+
+def clause(cid: str, title: str, fm: str, must: bool = True) -> Callable[[Check], Check]:
+    def register(fn: Check) -> Check:
+        CLAUSES.append(Clause(cid, title, fm, fn, must))
+        return fn
+    return register
+
+
+def need(ctx: Ctx, fault: Fault) -> None:
+    if not applicable(fault, ctx.host.kind):
+        raise NotApplicable(f"{fault.name} cannot be made on a {ctx.host.kind} target")
+
+
+async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: float = 20) -> dict[str, object]:
+    st = await ctx.wait_state(job, ("completed", "failed"), seconds)
+    assert (st.get("status"), st.get("exit_code")) == (status, code), f"state file: {st}"
+    row = await ctx.wait_row(job, status, seconds)
+    assert row.get("exit_code") == code, f"row: {row}"
+    return st
+
+
+# --- W: the wrapper ---------------------------------------------------------------------------
+@clause("W-1", "exit 0 is recorded completed/0 in the database and the state file; the wrapper exits 0", "2")
+async def w1(ctx: Ctx) -> None:
+    job = ctx.new_id("ok")
+    await ctx.insert_row(job)
+    r = await ctx.run(job, ["sh", "-c", "exit 0"])
+    assert r.exit_status == 0, f"wrapper exit {r.exit_status}"
+    st = await final_in_both(ctx, job, "completed", 0)
+    for key in ("id", "user", "started_at", "completed_at"):
+        assert st.get(key) not in (None, ""), f"state file lacks {key}: {st}"
+
+
+@clause("W-2", "exit N is recorded failed/N in both stores; the wrapper exits N", "2")
+async def w2(ctx: Ctx) -> None:
+    job = ctx.new_id("exit")
+    await ctx.insert_row(job)
+    r = await ctx.run(job, ["sh", "-c", "exit 3"])
+    assert r.exit_status == 3, f"wrapper exit {r.exit_status}"
+    await final_in_both(ctx, job, "failed", 3)
+
+
+@clause("W-3", "the job runs in the background in its own process group: TERM to the wrapper leaves no process "
+               "of the job's group within 2 s and both stores say failed/143", "1")
+async def w3(ctx: Ctx) -> None:
+    job = ctx.new_id("term")
+    await ctx.insert_row(job)
+    wpid = await ctx.start_tmux(job, ["sleep", "100"])
+    st = await ctx.wait_state(job, ("running",))
+    pgid = int(st.get("pgid") or st.get("pid") or 0)
+    assert pgid > 0, f"running state records no pid: {st}"
+    assert pgid != wpid, "the job runs in the wrapper's own process (foreground)"
+    await ctx.sh(f"kill -s TERM {wpid}")
+    deadline = time.monotonic() + 2.0
+    while await ctx.group_alive(pgid):
+        assert time.monotonic() < deadline, f"process group {pgid} still alive 2 s after TERM"
+        await asyncio.sleep(0.1)
+    await final_in_both(ctx, job, "failed", 143, seconds=5)
+
+
+SIGNALS = [("HUP", 1), ("INT", 2), ("QUIT", 3), ("TERM", 15), ("USR1", 10), ("USR2", 12), ("PIPE", 13)]
+
+
+@clause("W-4", "each of HUP INT QUIT TERM USR1 USR2 PIPE sent to the wrapper is recorded failed with 128+n "
+               "(never completed)", "2")
+async def w4(ctx: Ctx) -> None:
+    jobs = []
+    for name, n in SIGNALS:
+        job = ctx.new_id(f"sig{name.lower()}")
+        await ctx.insert_row(job)
+        wpid = await ctx.start_tmux(job, ["sleep", "100"])
+        jobs.append((job, wpid, name, n))
+    for job, wpid, name, _ in jobs:
+        await ctx.wait_state(job, ("running",))
+        await ctx.sh(f"kill -s {name} {wpid}")
+    for job, _, name, n in jobs:
+        st = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
+        assert (st.get("status"), st.get("exit_code")) == ("failed", 128 + n), f"SIG{name}: {st}"
+
+
+@clause("W-5", "tmux kill-session on the job's session is recorded failed, never completed, no survivors", "3")
+async def w5(ctx: Ctx) -> None:
+    job = ctx.new_id("ksess")
+    await ctx.insert_row(job)
+    await ctx.start_tmux(job, ["sleep", "100"])
+    st = await ctx.wait_state(job, ("running",))
+    async with await inject(Fault.KILL_TMUX_SESSION, ctx.host, job_id=job):
+        pass
+    fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
+    assert fin.get("status") == "failed", f"after kill-session: {fin}"
+    pgid = int(st.get("pgid") or st.get("pid") or 0)
+    assert not await ctx.group_alive(pgid), "job processes survived the session"
+
+
+@clause("W-6", "tmux kill-server is recorded failed, never completed", "3")
+async def w6(ctx: Ctx) -> None:
+    job = ctx.new_id("kserv")
+    await ctx.insert_row(job)
+    await ctx.start_tmux(job, ["sleep", "100"])
+    await ctx.wait_state(job, ("running",))
+    async with await inject(Fault.KILL_TMUX_SERVER, ctx.host):
+        pass
+    fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
+    assert fin.get("status") == "failed", f"after kill-server: {fin}"
+
+
+@clause("W-7", "a job that ignores TERM is killed (SIGKILL to its group) after the grace period", "6")
+async def w7(ctx: Ctx) -> None:
+    job = ctx.new_id("ign")
+    await ctx.insert_row(job)
+    wpid = await ctx.start_tmux(job, ["sh", "-c", "trap '' TERM; sleep 100"])
+    st = await ctx.wait_state(job, ("running",))
+    await asyncio.sleep(0.3)
+    await ctx.sh(f"kill -s TERM {wpid}")
+    fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 30)
+    assert fin.get("status") == "failed", fin
+    pgid = int(st.get("pgid") or st.get("pid") or 0)
+    assert not await ctx.group_alive(pgid), "the job survived"
+
+
+@clause("W-8", "at start the wrapper records pid, process group, process start time (/proc field 22) and the "
+               "kernel boot id, and ISO 8601 UTC times with epoch seconds", "7, 18")
+async def w8(ctx: Ctx) -> None:
+    job = ctx.new_id("facts")
+    await ctx.insert_row(job)
+    await ctx.start(job, ["sleep", "3"])
+    st = await ctx.wait_state(job, ("running",))
+    pid = st.get("pid")
+    assert isinstance(pid, int), f"no pid: {st}"
+    r = await ctx.sh(f"l=$(cat /proc/{pid}/stat); set -- ${{l##*') '}}; echo \"$3 ${{20}}\"; "
+                     "cat /proc/sys/kernel/random/boot_id")
+    pgrp, start, boot = r.stdout.split()
+    assert st.get("pgid") == int(pgrp), f"pgid {st.get('pgid')} != {pgrp}"
+    assert st.get("proc_start") == int(start), f"proc_start {st.get('proc_start')} != {start}"
+    assert st.get("boot_id") == boot, f"boot_id {st.get('boot_id')} != {boot}"
+    import re
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(st.get("started_at"))), st.get("started_at")
+    assert isinstance(st.get("started_epoch"), int), "no started_epoch"
+
+
+@clause("W-9", "a reader never sees a partial state file: polled all through a job's life it is always one "
+               "complete JSON object", "11")
+async def w9(ctx: Ctx) -> None:
+    job = ctx.new_id("atomic")
+    await ctx.insert_row(job)
+    f = f"{ctx.b}/jobs/{job}.status"
+    # a poller on the host reads the file as fast as it can while the job starts and ends
+    poll = (f"i=0; end=$(( $(date +%s) + 6 )); while [ $(date +%s) -lt $end ]; do "
+            f"if [ -e {f} ]; then c=$(cat {f}); printf '%s\\n' \"$c\" | tr -d '\\n' | "
+            "grep -q '^{.*}$' || { echo \"PARTIAL:$c\"; }; fi; "
+            "case $(cat " + f + " 2>/dev/null) in *completed*|*failed*) i=$((i+1)); [ $i -gt 20 ] && break;; esac; "
+            "done; echo done")
+    poller = asyncio.create_task(ctx.sh(poll, timeout=20))
+    await asyncio.sleep(0.2)
+    await ctx.run(job, ["sh", "-c", "sleep 1"])
+    r = await poller
+    assert "PARTIAL:" not in r.stdout, "a reader saw a partial state file:\n" + r.stdout[:800]
+    await ctx.state(job)
+
+
+@clause("W-10", "database held by another connection for 3 s while the job ends: the row still lands "
+                "(busy timeout >= 5 s, retries)", "9")
+async def w10(ctx: Ctx) -> None:
+    job = ctx.new_id("lock3")
+    await ctx.insert_row(job)
+    inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=3)
+    try:
+        await ctx.run(job, ["true"], timeout=60)
+    finally:
+        await inj.restore()
+    await final_in_both(ctx, job, "completed", 0)
+
+
+@clause("W-11", "database locked longer than the wrapper's timeout: the state file is still final and a warning "
+                "is written to stderr", "9")
+async def w11(ctx: Ctx) -> None:
+    job = ctx.new_id("lock9")
+    await ctx.insert_row(job)
+    inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=8)
+    try:
+        r = await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000", "JOBKIT_DB_RETRIES": "2"}, timeout=60)
+        st = await ctx.state(job)
+        assert st is not None, "no state file"
+        assert st.get("status") == "completed", f"state file not final: {st}"
+        row = await ctx.row(job) if inj._task is not None and inj._task.done() else None
+        if row is None or row.get("status") != "completed":
+            assert r.stderr.strip(), "the database write failed without a warning on stderr"
+    finally:
+        await inj.restore()
+
+
+async def _db_fault_clause(ctx: Ctx, fault: Fault | None, tag: str, prepare: str = "") -> None:
+    job = ctx.new_id(tag)
+    if fault is None:  # the row is missing: nothing inserted
+        pass
+    else:
+        await ctx.insert_row(job)
+    inj = await inject(fault, ctx.host) if fault is not None else None
+    try:
+        if prepare:
+            await ctx.sh(prepare)
+        r = await ctx.run(job, ["sh", "-c", "exit 4"], timeout=60)
+        assert r.exit_status == 4, f"wrapper exit {r.exit_status}: the job's status is lost"
+        st = await ctx.state(job)
+        assert st is not None, "no state file"
+        assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
+        assert r.stderr.strip(), "no warning on stderr"
+        if fault is Fault.DELETED_DB:
+            gone = await ctx.sh(f"test -e {ctx.b}/server.db && echo created || echo absent")
+            assert "absent" in gone.stdout, "the wrapper created an empty database"
+        if fault is None:
+            assert await ctx.row(job) is None, "the wrapper inserted a row"
+    finally:
+        if inj is not None:
+            await inj.restore()
+
+
+@clause("W-12", "database missing: state file final, warning, no empty database created", "10")
+async def w12(ctx: Ctx) -> None:
+    await _db_fault_clause(ctx, Fault.DELETED_DB, "nodb")
+
+
+@clause("W-13", "database is not a database (garbage): state file final, warning", "10")
+async def w13(ctx: Ctx) -> None:
+    await _db_fault_clause(ctx, Fault.CORRUPT_DB, "garbage")
+
+
+@clause("W-14", "the job's row is missing: state file final, warning, no row created", "10")
+async def w14(ctx: Ctx) -> None:
+    await _db_fault_clause(ctx, None, "norow")
+
+
+@clause("W-15", "sqlite3 is not on PATH: state file final, warning", "10")
+async def w15(ctx: Ctx) -> None:
+    job = ctx.new_id("nosql")
+    await ctx.insert_row(job)
+    async with await inject(Fault.MISSING_SQLITE3, ctx.host) as inj:
+        r = await ctx.run(job, ["sh", "-c", "exit 4"], env=inj.env)
+    assert r.exit_status == 4, f"wrapper exit {r.exit_status}"
+    st = await ctx.state(job)
+    assert st is not None, "no state file"
+    assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
+    assert r.stderr.strip(), "no warning on stderr"
+
+
+@clause("W-16", "full disk under the state directory: the state file is never left partial or empty", "12")
+async def w16(ctx: Ctx) -> None:
+    need(ctx, Fault.FULL_DISK)
+    job = ctx.new_id("full")
+    await ctx.insert_row(job)
+    async with await inject(Fault.FULL_DISK, ctx.host):
+        await ctx.run(job, ["true"])
+        raw = await ctx.state_raw(job)
+        if raw is not None:
+            assert raw.strip(), "an empty state file was left"
+            json.loads(raw)
+    raw = await ctx.state_raw(job)  # the real directory again
+    assert raw is None or json.loads(raw)
+
+
+HOSTILE_IDS = ["x'; DROP TABLE jobs; --", 'a"b', "../x", "$(touch /tmp/jobkit-pwned)", "", "a" * 65, "a\nb",
+               "a b", "x/y"]
+
+
+@clause("W-17", "invalid and hostile job ids are refused with a non-zero exit before any side effect", "16")
+async def w17(ctx: Ctx) -> None:
+    before = await ctx.sh(f"sqlite3 {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
+    for bad in HOSTILE_IDS:
+        r = await ctx.run(bad, ["touch", f"{ctx.base_abs}/.conformance/ran"])
+        assert r.exit_status != 0, f"id {bad!r} accepted"
+    after = await ctx.sh(f"sqlite3 {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
+    assert before.stdout == after.stdout, "the database or the jobs directory changed"
+    r = await ctx.sh(f"test -e {ctx.b}/.conformance/ran || test -e /tmp/jobkit-pwned && echo ran || echo clean")
+    assert "clean" in r.stdout, "the job ran, or the id was executed"
+
+
+@clause("W-18", "every JSON string in the state file is escaped: hostile user names round-trip", "16")
+async def w18(ctx: Ctx) -> None:
+    job = ctx.new_id("esc")
+    await ctx.insert_row(job)
+    weird = 'q"u\\o\tte\x01$(x)é'
+    await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
+    raw = await ctx.state_raw(job)
+    assert raw is not None, "no state file"
+    try:
+        st = json.loads(raw)
+    except ValueError as exc:
+        raise AssertionError(f"state file is not valid JSON ({exc}): {raw[:300]}") from None
+    assert st.get("user") == weird, f"user recorded as {st.get('user')!r}"
+
+
+@clause("W-19", "the job inherits no descriptor on the wrapper's files or locks, and a long job never blocks "
+                "another job's state writes", "14, 15")
+async def w19(ctx: Ctx) -> None:
+    long_job, short_job = ctx.new_id("long"), ctx.new_id("short")
+    await ctx.insert_row(long_job)
+    await ctx.insert_row(short_job)
+    await ctx.start(long_job, ["sleep", "30"])
+    st = await ctx.wait_state(long_job, ("running",))
+    # descriptors 0-2 are the job's own output (redirected by the suite); anything else is inherited
+    fds = await ctx.sh(f"for f in /proc/{st['pid']}/fd/*; do case ${{f##*/}} in 0|1|2) ;; "
+                       "*) readlink \"$f\";; esac; done")
+    assert ctx.base_abs not in fds.stdout, f"the job holds descriptors under the base directory:\n{fds.stdout}"
+    start = time.monotonic()
+    await ctx.run(short_job, ["true"], timeout=30)
+    fin = await ctx.state(short_job)
+    assert fin is not None, "second job: no state file"
+    assert fin.get("status") == "completed", f"second job: {fin}"
+    assert time.monotonic() - start < 10, "the second job's write waited for the first job"
+    await ctx.sh(f"kill -s TERM {st.get('wrapper_pid') or st['pid']} 2>/dev/null; true")
+
+
+@clause("W-20", "timestamps are recorded without `date -I` (a date(1) that lacks it)", "18")
+async def w20(ctx: Ctx) -> None:
+    job = ctx.new_id("noiso")
+    await ctx.insert_row(job)
+    async with await inject(Fault.NO_DATE_ISO, ctx.host) as inj:
+        await ctx.run(job, ["true"], env=inj.env)
+    st = await ctx.state(job)
+    assert st is not None, "no state file"
+    assert st.get("status") == "completed", f"state file: {st}"
+    for key in ("started_at", "completed_at"):
+        assert str(st.get(key) or "").endswith("Z"), f"{key} = {st.get(key)!r}"
+
+
+@clause("W-21", "the wrapper is POSIX sh: run by the host's /bin/sh it records a clean job", "18")
+async def w21(ctx: Ctx) -> None:
+    job = ctx.new_id("posix")
+    await ctx.insert_row(job)
+    r = await ctx.run(job, ["sh", "-c", "exit 0"], via="/bin/sh")
+    assert r.exit_status == 0, f"/bin/sh {ctx.wrapper_abs}: exit {r.exit_status}: {r.stderr[-300:]}"
+    await final_in_both(ctx, job, "completed", 0)
+
+
+@clause("W-22", "the wrapper's own writes to a hung-up terminal (a broken pipe) never cost the job's record",
+        "4, 5")
+async def w22(ctx: Ctx) -> None:
+    job = ctx.new_id("epipe")  # no row: the wrapper has a warning to write, into a closed pipe
+    await ctx.run(job, ["sh", "-c", "sleep 0.5; exit 2"], redirect="2>&1 | true")
+    st = await ctx.wait_state(job, ("completed", "failed"), seconds=10)
+    assert (st.get("status"), st.get("exit_code")) == ("failed", 2), f"state file: {st}"
+
+
+@clause("W-23", "a job id already used is refused and the first record kept", "16", must=False)
+async def w23(ctx: Ctx) -> None:
+    job = ctx.new_id("dup")
+    await ctx.insert_row(job)
+    await ctx.run(job, ["true"])
+    first = await ctx.state_raw(job)
+    r = await ctx.run(job, ["sh", "-c", "exit 9"])
+    assert r.exit_status not in (0, 9), f"second use of the id ran (exit {r.exit_status})"
+    assert await ctx.state_raw(job) == first, "the first record was overwritten"
+
+
+# --- R: the reconciler (jobkit's, over what the wrapper leaves on the host) -----------------
+async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncStore, str, str]:
+    import tempfile
+    from pathlib import Path
+
+    store = AsyncStore(Store(Path(tempfile.mkdtemp(prefix="jobkit-conf-")) / "store.db"))
+    name = f"conf-{ctx.target}"
+    store.sync.add_host(HostSpec(name, "127.0.0.1", 22, "x", Path("/dev/null"), "unused", ctx.base_abs))
+    job = ctx.new_id(tag)
+    await store.call(store.sync.add_job, job, name, argv)
+    await ctx.insert_row(job)
+    await ctx.start_tmux(job, argv)
+    return store, name, job
+
+
+async def _reconcile(ctx: Ctx, store: AsyncStore, name: str, job: str, grace: float = 30.0) -> tuple[Any, Verdict]:
+    report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=grace)
+    v = next(v for v in report.verdicts if v.job_id == job)
+    ctx.evidence.add(f"reconcile {job}", v.log_line())
+    return report, v
+
+
+@clause("R-1", "one round trip per host returns the evidence for every job (100 jobs, one command)", "24")
+async def r1(ctx: Ctx) -> None:
+    calls = 0
+    real = ctx.t
+
+    class Counting:
+        host_name = real.host_name
+
+        async def run(self, command: str, **kw: object):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return await real.run(command, **kw)  # type: ignore[arg-type]
+
+        async def close(self) -> None:
+            return None
+
+    ids = [ctx.new_id(f"many{i}") for i in range(100)]
+    result = await probe(Counting(), [JobQuery(i) for i in ids], ctx.base_abs)
+    assert calls == 1, f"{calls} remote commands for 100 jobs"
+    assert result.host.reachable, result.host.error
+    assert len(result.evidence) == 100
+
+
+@clause("R-2", "database locked during reconciliation: the answer comes from the state file, within the bound", "9, 20")
+async def r2(ctx: Ctx) -> None:
+    store, name, job = await _reconcile_setup(ctx, "rlock", ["sh", "-c", "exit 6"])
+    await ctx.wait_state(job, ("failed",))
+    async with await inject(Fault.LOCKED_DB, ctx.host, seconds=4):
+        start = time.monotonic()
+        _, v = await _reconcile(ctx, store, name, job)
+        assert time.monotonic() - start < 6
+    assert (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 6, Source.STATE_FILE), v.log_line()
+
+
+@clause("R-3", "state file deleted: the answer comes from the database", "20")
+async def r3(ctx: Ctx) -> None:
+    store, name, job = await _reconcile_setup(ctx, "rnofile", ["sh", "-c", "exit 5"])
+    await ctx.wait_state(job, ("failed",))
+    await ctx.wait_row(job, "failed")
+    async with await inject(Fault.DELETED_STATE_FILE, ctx.host, job_id=job):
+        _, v = await _reconcile(ctx, store, name, job)
+    assert (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 5, Source.DATABASE), v.log_line()
+
+
+@clause("R-4", "database row and state file both gone, the process alive: running, decided by liveness", "7, 23")
+async def r4(ctx: Ctx) -> None:
+    store, name, job = await _reconcile_setup(ctx, "ralive", ["sleep", "60"])
+    await ctx.wait_state(job, ("running",))
+    await _reconcile(ctx, store, name, job)  # learns pid and start time
+    await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db \"DELETE FROM jobs WHERE id = '{job}'\"")
+    async with await inject(Fault.DELETED_STATE_FILE, ctx.host, job_id=job):
+        _, v = await _reconcile(ctx, store, name, job)
+        await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
+    assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS), v.log_line()
+
+
+@clause("R-5", "wrapper and job SIGKILLed: failed, 'possible SIGKILL', after the grace period (not before)", "7")
+async def r5(ctx: Ctx) -> None:
+    store, name, job = await _reconcile_setup(ctx, "rkill", ["sleep", "60"])
+    await ctx.wait_state(job, ("running",))
+    await _reconcile(ctx, store, name, job)
+    async with await inject(Fault.SIGKILL_WRAPPER, ctx.host, job_id=job):
+        await (await inject(Fault.SIGKILL_JOB_GROUP, ctx.host, job_id=job)).restore()
+    await asyncio.sleep(0.3)
+    _, within = await _reconcile(ctx, store, name, job, grace=60)
+    assert within.status is JobStatus.RUNNING, f"failed before the grace period: {within.log_line()}"
+    _, v = await _reconcile(ctx, store, name, job, grace=0)
+    assert (v.status, v.reason) == (JobStatus.FAILED, SIGKILL_REASON), v.log_line()
+
+
+@clause("R-6", "a final state beats `running`: database says running, state file says completed", "20")
+async def r6(ctx: Ctx) -> None:
+    store, name, job = await _reconcile_setup(ctx, "rfinal", ["true"])
+    await ctx.wait_state(job, ("completed",))
+    await ctx.wait_row(job, "completed")
+    await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db \"UPDATE jobs SET status = 'running', "
+                 f"exit_code = NULL WHERE id = '{job}'\"")
+    _, v = await _reconcile(ctx, store, name, job)
+    assert (v.status, v.source) == (JobStatus.COMPLETED, Source.STATE_FILE), v.log_line()
+
+
+@clause("R-7", "an unreachable or slow host is unavailable: last status kept, stale, never failed, answered "
+               "within timeout + 1 s", "19")
+async def r7(ctx: Ctx) -> None:
+    need(ctx, Fault.SLOW_HOST)
+    store, name, job = await _reconcile_setup(ctx, "rslow", ["sleep", "60"])
+    await ctx.wait_state(job, ("running",))
+    await _reconcile(ctx, store, name, job)
+    for fault in (Fault.SLOW_HOST, Fault.UNREACHABLE_HOST):
+        from jobkit.transport_ssh import SSHTransport
+
+        fresh = SSHTransport(ctx.host.lab.spec) if ctx.host.lab is not None else ctx.t
+        async with await inject(fault, ctx.host):
+            start = time.monotonic()
+            report = await reconcile_host(fresh, store, name, base_dir=ctx.base_abs, timeout=5)
+            elapsed = time.monotonic() - start
+        if fresh is not ctx.t:
+            await fresh.close()
+        v = next(v for v in report.verdicts if v.job_id == job)
+        ctx.evidence.add(f"{fault.name}", f"{elapsed:.2f}s {v.log_line()}")
+        assert elapsed < 6, f"{fault.name}: answered after {elapsed:.1f}s"
+        assert (v.status, v.stale) == (JobStatus.RUNNING, True), v.log_line()
+    await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
+
+
+@clause("R-8", "a changed boot id means the host rebooted: the job is failed, not running", "7")
+async def r8(ctx: Ctx) -> None:
+    need(ctx, Fault.HOST_REBOOT)
+    store, name, job = await _reconcile_setup(ctx, "rboot", ["sleep", "60"])
+    await ctx.wait_state(job, ("running",))
+    await _reconcile(ctx, store, name, job)
+    try:
+        inj = await inject(Fault.HOST_REBOOT, ctx.host)
+    except FaultNotApplicable as exc:
+        raise NotApplicable(str(exc)) from exc
+    try:
+        from jobkit.transport_ssh import SSHTransport
+
+        fresh = SSHTransport(ctx.host.lab.spec)
+        report = await reconcile_host(fresh, store, name, base_dir=ctx.base_abs)
+        await fresh.close()
+    finally:
+        await inj.restore()
+    v = next(v for v in report.verdicts if v.job_id == job)
+    ctx.evidence.add("after reboot", v.log_line())
+    assert v.status is JobStatus.FAILED, v.log_line()
+    assert "rebooted" in v.reason, v.log_line()

@@ -1,0 +1,146 @@
+"""What a clause works with: one target, the wrapper under test on it, and evidence recording."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobkit.faults import HostHandle
+from jobkit.remote import argv_to_sh
+from jobkit.transport import CommandResult, Transport
+
+# a group is alive when a non-zombie process is in it (busybox-safe)
+GROUP_ALIVE = ('for s in /proc/[0-9]*/stat; do l=; {{ read -r l <"$s"; }} 2>/dev/null || continue; '
+               'set -- ${{l##*") "}}; [ "$3" = {pgid} ] && [ "$1" != Z ] && {{ echo alive; break; }}; done; true')
+
+
+@dataclass
+class Evidence:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, title: str, text: str) -> None:
+        self.lines.append(f"## {title}\n{text.rstrip()}")
+
+
+class Ctx:
+    """One clause's view of one target."""
+
+    def __init__(self, target: str, host: HostHandle, *, base_abs: str, wrapper_abs: str, grace: int = 2) -> None:
+        self.target = target
+        self.host = host
+        self.t: Transport = host.transport
+        self.base_abs = base_abs  # the base directory, resolved on the host
+        self.b = shlex.quote(base_abs)
+        self.wrapper_abs = wrapper_abs
+        self.wrapper = shlex.quote(wrapper_abs)
+        self.grace = grace
+        self.evidence = Evidence()
+        self.ids: list[str] = []
+
+    # --- plumbing ---------------------------------------------------------------------------
+    async def sh(self, command: str, *, stdin: str | None = None, timeout: float = 30.0,
+                 record: bool = True) -> CommandResult:
+        r = await self.t.run(command, stdin=stdin, timeout=timeout)
+        if record:
+            self.evidence.add(f"$ {command[:300]}", f"exit {r.exit_status}\n{r.stdout[-1500:]}{r.stderr[-1500:]}")
+        return r
+
+    def new_id(self, tag: str) -> str:
+        job = f"cf-{tag}-{uuid.uuid4().hex[:8]}"
+        self.ids.append(job)
+        return job
+
+    def env(self, extra: dict[str, str] | None = None) -> str:
+        env = {"JOBKIT_BASE_DIR": self.base_abs, "JOBKIT_KILL_GRACE": str(self.grace), **(extra or {})}
+        return " ".join(argv_to_sh([f"{k}={v}"]) for k, v in env.items())
+
+    async def insert_row(self, job: str) -> None:
+        await self.sh(f"sqlite3 -cmd '.timeout 5000' {self.b}/server.db \"INSERT INTO jobs (id, status) VALUES "
+                      f"('{job}', 'queued')\"", timeout=15)
+
+    # --- running the wrapper ----------------------------------------------------------------
+    async def run(self, job: str, argv: list[str], *, env: dict[str, str] | None = None, via: str = "",
+                  timeout: float = 60.0, redirect: str = "") -> CommandResult:
+        """The wrapper in the foreground of an SSH command; ``via`` e.g. ``sh`` to force /bin/sh."""
+        return await self.sh(f"b={self.b}; cd \"$b\" && env {self.env(env)} {via} {self.wrapper} "
+                             f"{argv_to_sh([job, *argv])} {redirect}", timeout=timeout)
+
+    async def start(self, job: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        """The wrapper in the background (signals INT/QUIT arrive ignored: use tmux for those)."""
+        r = await self.sh(f"b={self.b}; cd \"$b\" && env {self.env(env)} {self.wrapper} {argv_to_sh([job, *argv])} "
+                          f">\"$b/.conformance/{job}.out\" 2>&1 </dev/null & echo $!")
+        return int(r.stdout.strip())
+
+    async def start_tmux(self, job: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        """The wrapper as production starts it: a detached tmux session (one shell-command string,
+        see jobkit.runner); returns the wrapper's pid (the pane's)."""
+        line = f"exec env {self.env(env)} {self.wrapper} {argv_to_sh([job, *argv])}"
+        r = await self.sh(f"b={self.b}; tmux -S \"$b/tmux.sock\" start-server \\; set-option -g exit-empty off \\; "
+                          f"set-option -g default-shell /bin/sh && tmux -S \"$b/tmux.sock\" new-session -d "
+                          f"-s {job} {shlex.quote(line)} && "
+                          f"tmux -S \"$b/tmux.sock\" display-message -p -t ={job}: '#{{pane_pid}}'")
+        if r.exit_status != 0:
+            raise AssertionError(f"could not start {job} in tmux: {r.stderr}")
+        return int(r.stdout.strip().splitlines()[-1])
+
+    # --- reading the stores -----------------------------------------------------------------
+    async def state_raw(self, job: str) -> str | None:
+        r = await self.sh(f"cat {self.b}/jobs/{job}.status 2>/dev/null || echo __MISSING__", record=False)
+        return None if r.stdout.strip() == "__MISSING__" else r.stdout
+
+    async def state(self, job: str) -> dict[str, Any] | None:
+        raw = await self.state_raw(job)
+        if raw is None:
+            return None
+        data = json.loads(raw)  # a clause fails with the JSON error when the file is not valid
+        if not isinstance(data, dict):
+            raise AssertionError(f"state file is not a JSON object: {raw[:200]}")
+        return data
+
+    async def row(self, job: str) -> dict[str, Any] | None:
+        r = await self.sh(f"sqlite3 -json -cmd '.timeout 5000' {self.b}/server.db \"SELECT * FROM jobs WHERE "
+                          f"id = '{job}'\"", record=False, timeout=15)
+        if r.exit_status != 0 or not r.stdout.strip():
+            return None
+        rows = json.loads(r.stdout)
+        return dict(rows[0]) if rows else None
+
+    async def wait_state(self, job: str, statuses: tuple[str, ...], seconds: float = 20.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        last: dict[str, Any] | None = None
+        while loop.time() < deadline:
+            last = await self.state(job)
+            if last is not None and last.get("status") in statuses:
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"state of {job} did not become {'/'.join(statuses)} within {seconds:g}s: {last}")
+
+    async def wait_row(self, job: str, status: str, seconds: float = 20.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        last = None
+        while loop.time() < deadline:
+            last = await self.row(job)
+            if last is not None and last.get("status") == status:
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"row of {job} did not become {status} within {seconds:g}s: {last}")
+
+    async def group_alive(self, pgid: int) -> bool:
+        r = await self.sh(GROUP_ALIVE.format(pgid=int(pgid)), record=False)
+        return "alive" in r.stdout
+
+    async def collect(self, job: str) -> None:
+        """Attach the job's stores and logs to the evidence."""
+        r = await self.sh(f"b={self.b}; echo '--- state file'; cat \"$b/jobs/{job}.status\" 2>&1; "
+                          f"echo '--- row'; sqlite3 -cmd '.timeout 2000' \"$b/server.db\" \"SELECT * FROM jobs "
+                          f"WHERE id = '{job}'\" 2>&1; echo '--- wrapper log'; "
+                          f"tail -n 20 \"$b/jobs/{job}.wrapper.log\" 2>&1; echo '--- wrapper output'; "
+                          f"tail -n 20 \"$b/.conformance/{job}.out\" 2>&1",
+                          record=False, timeout=15)
+        self.evidence.add(f"stores and logs of {job}", r.stdout)

@@ -1,0 +1,241 @@
+"""Fault injectors: one catalogue, one interface.
+
+Every fault is a :class:`Fault` member with a description; :func:`inject` applies it to a host
+and returns an :class:`Injected` handle whose ``restore()`` puts the host back (also usable as
+``async with inject(...)``). Faults act through the host's :class:`~jobkit.transport.Transport`
+and, for what SSH cannot do (pausing a container, mounting as root), through the lab handle.
+:func:`applicable` says where a fault makes sense; injecting it elsewhere raises
+:class:`FaultNotApplicable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from jobkit.errors import JobkitError
+from jobkit.remote import base_dir_word
+from jobkit.transport import Transport
+
+
+class Fault(Enum):
+    LOCKED_DB = "exclusive transaction (readers locked out too) held on server.db for a duration"
+    CORRUPT_DB = "server.db replaced by garbage bytes"
+    DELETED_DB = "server.db (and its WAL files) removed"
+    DELETED_STATE_FILE = "a job's state file removed"
+    TRUNCATED_STATE_FILE = "a job's state file cut in the middle of its JSON"
+    GARBAGE_STATE_FILE = "a job's state file replaced by bytes that are not JSON"
+    WRONG_FIELDS_STATE_FILE = "a job's state file replaced by valid JSON without the protocol's fields"
+    SIGKILL_WRAPPER = "SIGKILL to a job's wrapper (nothing in the wrapper runs)"
+    SIGTERM_WRAPPER = "SIGTERM to a job's wrapper"
+    SIGHUP_WRAPPER = "SIGHUP to a job's wrapper"
+    SIGKILL_JOB_GROUP = "SIGKILL to the job's whole process group"
+    KILL_TMUX_SESSION = "tmux kill-session -t =<job> on the job's socket"
+    KILL_TMUX_SERVER = "tmux kill-server on the job's socket"
+    UNREACHABLE_HOST = "the host stops answering: container paused (lab) or the server refuses connections (local)"
+    SLOW_HOST = "every answer from the host arrives later than the 5 s timeout"
+    FULL_DISK = "a 64 KiB tmpfs, filled, mounted over <base>/jobs (needs root on the host)"
+    MISSING_SQLITE3 = "sqlite3 removed from the wrapper's PATH (shim directory)"
+    MISSING_FLOCK = "flock removed from the wrapper's PATH (shim directory)"
+    MISSING_TMUX = "tmux removed from the wrapper's PATH (shim directory)"
+    NO_DATE_ISO = "a date(1) without -I/--iso-8601 on the wrapper's PATH (shim directory)"
+    HOST_REBOOT = "new kernel boot id and none of the user's processes left (lab containers)"
+    CLOCK_STEP = "the wrapper's clock jumps back one hour (date(1) shim on its PATH)"
+
+    @property
+    def description(self) -> str:
+        return str(self.value)
+
+
+class FaultNotApplicable(JobkitError):
+    """This fault cannot be injected on this kind of host."""
+
+
+@dataclass
+class HostHandle:
+    """What a fault needs to reach a host: its transport, its base dir, and the lab handle
+    (a :class:`jobkit.lab.LabHost`, or None for a plain SSH host)."""
+
+    transport: Transport
+    base_dir: str | None = None
+    lab: Any = None
+
+    @property
+    def kind(self) -> str:
+        if self.lab is None:
+            return "ssh"
+        return "local" if self.lab.local is not None else "container"
+
+
+@dataclass
+class Injected:
+    fault: Fault
+    host: HostHandle
+    env: dict[str, str] = field(default_factory=dict)  # environment to run the wrapper with
+    _restore: list[str] = field(default_factory=list)  # shell commands run on restore
+    _after: Any = None  # a coroutine function run on restore
+    _task: asyncio.Task[Any] | None = None
+
+    async def restore(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._after is not None:
+            await self._after()
+        for cmd in self._restore:
+            await self.host.transport.run(cmd, timeout=15)
+
+    async def __aenter__(self) -> Injected:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.restore()
+
+
+def applicable(fault: Fault, kind: str) -> bool:
+    """Where each fault makes sense: ``kind`` is local, container or ssh."""
+    if fault in (Fault.UNREACHABLE_HOST, Fault.SLOW_HOST):
+        return kind in ("local", "container")
+    if fault is Fault.HOST_REBOOT:
+        return kind == "container"
+    if fault is Fault.FULL_DISK:
+        return kind in ("local", "container")
+    return True
+
+
+async def _root(host: HostHandle, command: str) -> None:
+    """Run as root: locally (the local target runs as this user, root in CI) or docker exec."""
+    if host.kind == "container":
+        c = host.lab.container.get_wrapped_container()
+        loop = asyncio.get_running_loop()
+        code, out = await loop.run_in_executor(None, lambda: c.exec_run(["sh", "-c", command], user="root"))
+        if code != 0:
+            raise JobkitError(f"root command failed on the container: {command}", stderr=out.decode(errors="replace"))
+    else:
+        r = await host.transport.run(command, timeout=15)
+        if r.exit_status != 0:
+            raise JobkitError(f"root command failed: {command}", stderr=r.stderr)
+
+
+def _shim_script(base: str, drop: str, extra: str = "") -> str:
+    """Shell that builds a PATH shim dir of symlinks to everything on PATH except ``drop``."""
+    return (
+        f"d={base}/.fault-path-{uuid.uuid4().hex[:8]}; mkdir -p \"$d\"; "
+        "IFS=:; for p in $PATH; do for f in \"$p\"/*; do n=${f##*/}; "
+        f"[ \"$n\" = {drop} ] && continue; [ -e \"$d/$n\" ] || ln -s \"$f\" \"$d/$n\" 2>/dev/null; done; done; "
+        f"{extra} echo \"$d\""
+    )
+
+
+async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, seconds: float = 5.0) -> Injected:
+    """Apply ``fault`` to ``host``; ``job_id`` for per-job faults, ``seconds`` for timed ones."""
+    if not applicable(fault, host.kind):
+        raise FaultNotApplicable(f"{fault.name} does not apply to a {host.kind} host")
+    t = host.transport
+    b = base_dir_word(host.base_dir)
+    inj = Injected(fault, host)
+    state = f"{b}/jobs/{job_id}.status"
+    keep = f"{b}/.fault-keep-{uuid.uuid4().hex[:8]}"
+
+    if fault is Fault.LOCKED_DB:
+        await t.run(f"(printf 'PRAGMA locking_mode=EXCLUSIVE;\\nBEGIN EXCLUSIVE;\\nUPDATE jobs SET status = status "
+                    f"WHERE 0;\\n.system sleep {seconds:g}\\nCOMMIT;\\n' | sqlite3 {b}/server.db) >/dev/null 2>&1 &",
+                    check=True)
+        await asyncio.sleep(0.3)  # the lock is taken
+        inj._task = asyncio.create_task(asyncio.sleep(seconds))
+    elif fault in (Fault.CORRUPT_DB, Fault.DELETED_DB):
+        garbage = "head -c 8192 /dev/urandom >\"$b/server.db\"; " if fault is Fault.CORRUPT_DB else ""
+        await t.run(f"b={b}; mkdir -p {keep}; for f in server.db server.db-wal server.db-shm; do "
+                    f"[ -e \"$b/$f\" ] && mv \"$b/$f\" {keep}/; done; {garbage}true", check=True)
+        inj._restore.append(f"b={b}; rm -f \"$b/server.db\" \"$b/server.db-wal\" \"$b/server.db-shm\"; "
+                            f"mv {keep}/* \"$b/\" 2>/dev/null; rmdir {keep}")
+    elif fault in (Fault.DELETED_STATE_FILE, Fault.TRUNCATED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
+                   Fault.WRONG_FIELDS_STATE_FILE):
+        if job_id is None:
+            raise JobkitError(f"{fault.name} needs a job id")
+        change = {
+            Fault.DELETED_STATE_FILE: f"rm -f {state}",
+            Fault.TRUNCATED_STATE_FILE: f"head -c 40 {keep} >{state}",
+            Fault.GARBAGE_STATE_FILE: f"printf '\\377\\376 not json {{{{' >{state}",
+            Fault.WRONG_FIELDS_STATE_FILE: f"printf '%s\\n' '{{\"hello\": \"world\", \"status\": 42}}' >{state}",
+        }[fault]
+        await t.run(f"cp {state} {keep} && {change}", check=True)
+        inj._restore.append(f"mv -f {keep} {state}")
+    elif fault in (Fault.SIGKILL_WRAPPER, Fault.SIGTERM_WRAPPER, Fault.SIGHUP_WRAPPER, Fault.SIGKILL_JOB_GROUP):
+        if job_id is None:
+            raise JobkitError(f"{fault.name} needs a job id")
+        field_name = "pgid" if fault is Fault.SIGKILL_JOB_GROUP else "wrapper_pid"
+        sig = {"SIGKILL_WRAPPER": "KILL", "SIGTERM_WRAPPER": "TERM", "SIGHUP_WRAPPER": "HUP",
+               "SIGKILL_JOB_GROUP": "KILL"}[fault.name]
+        target = "-- -$p" if fault is Fault.SIGKILL_JOB_GROUP else "$p"
+        await t.run(f"p=$(sed -n 's/.*\"{field_name}\":\\([0-9][0-9]*\\).*/\\1/p' {state}); [ -n \"$p\" ] && "
+                    f"kill -s {sig} {target}", check=True)
+        if fault is Fault.SIGKILL_WRAPPER:  # nothing is left running after restore
+            inj._restore.append(f"p=$(sed -n 's/.*\"pgid\":\\([0-9][0-9]*\\).*/\\1/p' {state}); "
+                                "[ -z \"$p\" ] || kill -s KILL -- -$p 2>/dev/null || "
+                                "kill -s KILL -$p 2>/dev/null; true")
+    elif fault is Fault.KILL_TMUX_SESSION:
+        await t.run(f"tmux -S {b}/tmux.sock kill-session -t ={shlex.quote(job_id or '')}", check=True)
+    elif fault is Fault.KILL_TMUX_SERVER:
+        await t.run(f"tmux -S {b}/tmux.sock kill-server", check=True)
+    elif fault is Fault.UNREACHABLE_HOST or fault is Fault.SLOW_HOST:
+        if host.kind == "local":
+            local = host.lab.local
+            if fault is Fault.UNREACHABLE_HOST:
+                await asyncio.get_running_loop().run_in_executor(None, local.call_in_thread, local.stop_accepting)
+
+                async def back() -> None:
+                    await asyncio.get_running_loop().run_in_executor(None, local.call_in_thread,
+                                                                     local.resume_accepting)
+            else:
+                local.delay = max(seconds, 6.0)
+
+                async def back() -> None:
+                    local.delay = 0.0
+            inj._after = back
+        else:
+            c = host.lab.container.get_wrapped_container()
+            await asyncio.get_running_loop().run_in_executor(None, c.pause)
+
+            async def unpause() -> None:
+                await asyncio.get_running_loop().run_in_executor(None, c.unpause)
+            inj._after = unpause
+    elif fault is Fault.FULL_DISK:
+        await _root(host, f"b={b}; mkdir -p \"$b/jobs\"; mount -t tmpfs -o size=64k,nr_inodes=64 jobkitfull "
+                          f"\"$b/jobs\" && chmod 1777 \"$b/jobs\" && (cat /dev/zero >\"$b/jobs/.fill\") 2>/dev/null; "
+                          "i=0; while true >\"$b/jobs/.fill$i\"; do i=$((i + 1)); done 2>/dev/null; true")
+
+        async def unmount() -> None:
+            await _root(host, f"b={b}; umount \"$b/jobs\"")
+        inj._after = unmount
+    elif fault in (Fault.MISSING_SQLITE3, Fault.MISSING_FLOCK, Fault.MISSING_TMUX, Fault.NO_DATE_ISO,
+                   Fault.CLOCK_STEP):
+        drop = {Fault.MISSING_SQLITE3: "sqlite3", Fault.MISSING_FLOCK: "flock", Fault.MISSING_TMUX: "tmux",
+                Fault.NO_DATE_ISO: "date", Fault.CLOCK_STEP: "date"}[fault]
+        extra = ""
+        if fault is Fault.NO_DATE_ISO:
+            extra = ("real=$(command -v date); printf '#!/bin/sh\\nfor a in \"$@\"; do case $a in -I*|--iso*) "
+                     "echo \"date: invalid option -- I\" >&2; exit 1;; esac; done\\nexec %s \"$@\"\\n' \"$real\" "
+                     ">\"$d/date\"; chmod +x \"$d/date\";")
+        if fault is Fault.CLOCK_STEP:
+            extra = ("real=$(command -v date); printf '#!/bin/sh\\nexec %s -d \"@$(( $(%s +%%s) - 3600 ))\" \"$@\"\\n' "
+                     "\"$real\" \"$real\" >\"$d/date\"; chmod +x \"$d/date\";")
+        r = await t.run(_shim_script(b, drop, extra), check=True)
+        shim = r.stdout.strip().splitlines()[-1]
+        inj.env["PATH"] = shim
+        inj._restore.append(f"rm -rf {shlex.quote(shim)}")
+    elif fault is Fault.HOST_REBOOT:
+        fake = uuid.uuid4()
+        await _root(host, f"printf '%s\\n' {fake} >/run/jobkit-boot_id && "
+                          "mount --bind /run/jobkit-boot_id /proc/sys/kernel/random/boot_id && "
+                          "kill -s KILL -1 2>/dev/null; true")  # every process but pid 1 (sshd) and us
+
+        async def unreboot() -> None:
+            await _root(host, "umount /proc/sys/kernel/random/boot_id")
+        inj._after = unreboot
+    else:  # pragma: no cover - every member is handled above
+        raise FaultNotApplicable(fault.name)
+    return inj
