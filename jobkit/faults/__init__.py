@@ -170,9 +170,11 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
         field_name = "pgid" if fault is Fault.SIGKILL_JOB_GROUP else "wrapper_pid"
         sig = {"SIGKILL_WRAPPER": "KILL", "SIGTERM_WRAPPER": "TERM", "SIGHUP_WRAPPER": "HUP",
                "SIGKILL_JOB_GROUP": "KILL"}[fault.name]
-        target = "-- -$p" if fault is Fault.SIGKILL_JOB_GROUP else "$p"
+        # BusyBox's kill rejects `--` before a negative pid; dash and mksh need it
+        kill = (f"{{ kill -s {sig} -- -$p 2>/dev/null || kill -s {sig} -$p; }}" if fault is Fault.SIGKILL_JOB_GROUP
+                else f"kill -s {sig} $p")
         await t.run(f"p=$(sed -n 's/.*\"{field_name}\":\\([0-9][0-9]*\\).*/\\1/p' {state}); [ -n \"$p\" ] && "
-                    f"kill -s {sig} {target}", check=True)
+                    f"{kill}", check=True)
         if fault is Fault.SIGKILL_WRAPPER:  # nothing is left running after restore
             inj._restore.append(f"p=$(sed -n 's/.*\"pgid\":\\([0-9][0-9]*\\).*/\\1/p' {state}); "
                                 "[ -z \"$p\" ] || kill -s KILL -- -$p 2>/dev/null || "

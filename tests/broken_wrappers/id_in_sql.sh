@@ -1,0 +1,415 @@
+#!/bin/sh
+# BROKEN ON PURPOSE (id_in_sql): the job id is not validated before use (pasted into SQL, JSON and paths)
+# The conformance suite must fail this wrapper on W-17.
+# jobkit job wrapper: run one job and record how it really ended, twice:
+#   <base>/server.db            row `id` of table `jobs` (inserted by the client beforehand)
+#   <base>/jobs/<JOB_ID>.status JSON state file, always replaced atomically
+# Usage: job_wrapper.sh JOB_ID COMMAND [ARGS...]    Protocol: wrapper/README.md
+#
+# POSIX sh only (dash, bash, BusyBox ash, mksh, yash, zsh as sh, posh). It must never run the
+# job in the foreground, use an unvalidated id anywhere, write a state file in place, let the
+# job inherit a lock, or lose the state-file write because of the database.
+# No `set -e`/`set -u`: every step is checked where it matters and cleanup must always finish.
+
+JOBKIT_WRAPPER_VERSION=1
+IFS=' 	
+'
+
+if [ "$#" -lt 2 ]; then
+  printf 'usage: job_wrapper.sh JOB_ID COMMAND [ARGS...]\n' >&2
+  exit 64
+fi
+job_id=$1
+shift
+# Explicit character list: ranges like [A-Z] depend on the locale's collation order.
+case $job_id in
+  '' | *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-]*) bad_id=1 ;;
+  *) bad_id=0 ;;
+esac
+if false; then
+  printf 'jobkit-wrapper: invalid job id (allowed: 1-64 of A-Z a-z 0-9 _ -)\n' >&2
+  exit 65
+fi
+
+grace=${JOBKIT_KILL_GRACE:-10}
+lock_timeout=${JOBKIT_LOCK_TIMEOUT:-10}
+db_timeout=${JOBKIT_DB_TIMEOUT_MS:-5000}
+db_retries=${JOBKIT_DB_RETRIES:-3}
+for v in "$grace" "$lock_timeout" "$db_timeout" "$db_retries"; do
+  case $v in '' | *[!0123456789]*)
+    printf 'jobkit-wrapper: JOBKIT_KILL_GRACE, JOBKIT_LOCK_TIMEOUT, JOBKIT_DB_TIMEOUT_MS and JOBKIT_DB_RETRIES must be whole numbers\n' >&2
+    exit 64 ;;
+  esac
+done
+
+base=${JOBKIT_BASE_DIR:-}
+if [ -z "$base" ]; then
+  if [ -z "${HOME:-}" ]; then
+    printf 'jobkit-wrapper: neither JOBKIT_BASE_DIR nor HOME is set\n' >&2
+    exit 73
+  fi
+  base=$HOME/.jobkit
+fi
+jobs_dir=$base/jobs
+db=$base/server.db
+state=$jobs_dir/$job_id.status
+log=$jobs_dir/$job_id.wrapper.log
+tmp=$jobs_dir/.$job_id.status.$$.tmp
+dbout=$jobs_dir/.$job_id.db.$$.tmp
+wtmp=$tmp
+
+# --- signals: installed before any state is written ---------------------------------------
+sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0
+
+signal_group() { # SIG PGID; dash/mksh need `--` before a negative pid, BusyBox rejects it
+  kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "-$2" 2>/dev/null
+}
+
+start_timer() { # after the grace period, SIGKILL whatever is left of the job's group
+  [ -z "$timer_pid" ] || return 0
+  ( # redirections inside the subshell: yash forks twice for `( ... ) <file &` and $! would lie
+    exec </dev/null >/dev/null 2>&1
+    trap 'kill "$s" 2>/dev/null; exit 3' TERM
+    sleep "$grace" &
+    s=$!
+    wait "$s" && signal_group KILL "$job_pid"
+  ) &
+  timer_pid=$!
+}
+
+# shellcheck disable=SC2317 # invoked from traps
+on_signal() { # NAME NUMBER
+  [ "$reaped" = 0 ] || return 0
+  sig_pending=1
+  [ -n "$sig_name" ] || { sig_name=$1; sig_num=$2; }
+  [ -n "$job_pid" ] || return 0
+  signal_group "$1" "$job_pid" || kill -s "$1" "$job_pid" 2>/dev/null
+  start_timer
+}
+trap 'on_signal HUP 1' HUP
+trap 'on_signal INT 2' INT
+trap 'on_signal QUIT 3' QUIT
+trap 'on_signal PIPE 13' PIPE
+trap 'on_signal TERM 15' TERM
+trap 'on_signal USR1 10' USR1
+trap 'on_signal USR2 12' USR2
+
+group_alive() { # PGID: is a live process left in the group? Zombies do not count: whoever
+  # adopted them (pid 1 of a container, a sandbox's init) may reap them late.
+  kill -0 -- "-$1" 2>/dev/null || kill -0 "-$1" 2>/dev/null || return 1
+  for st in /proc/[0-9]*/stat; do
+    g_line=''
+    { read -r g_line <"$st"; } 2>/dev/null || continue
+    set -f
+    # shellcheck disable=SC2086 # deliberate field splitting: state ppid pgrp ...
+    set -- "$1" ${g_line##*") "}
+    set +f
+    [ "$#" -ge 4 ] && [ "$4" = "$1" ] && [ "$2" != Z ] && return 0
+    set -- "$1"
+  done
+  return 1
+}
+
+# --- diagnostics: a log file first; stderr only best effort (it may be a hung-up terminal) --
+say() { (trap '' PIPE; printf 'jobkit-wrapper: %s: %s\n' "$job_id" "$1" >&2); }
+warn() {
+  { printf 'jobkit-wrapper[%s] %s: %s\n' "$$" "$job_id" "$1" >>"$log"; } 2>/dev/null
+  say "$1"
+}
+
+# --- encoding ---------------------------------------------------------------------------------
+json_escape() { # sets `esc` to VALUE as the body of a JSON string (RFC 8259 section 7):
+  # quote, backslash and control characters escaped; bytes >= 0x80 (UTF-8) passed through.
+  case $1 in
+    *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\ ._:/@=,+\(\)-]*)
+      esc=$(printf '%s' "$1" | LC_ALL=C awk '
+        BEGIN { for (i = 1; i < 32; i++) e[sprintf("%c", i)] = sprintf("\\u%04x", i); e[sprintf("%c", 127)] = "\\u007f"
+                e["\""] = "\\\""; e["\\"] = "\\\\"; e["\n"] = "\\n"; e["\t"] = "\\t"; e["\r"] = "\\r" }
+        { if (NR > 1) printf "\\n"; n = length($0)
+          for (i = 1; i <= n; i++) { c = substr($0, i, 1); printf "%s", ((c in e) ? e[c] : c) } }') ;;
+    *) esc=$1 ;;
+  esac
+}
+jstr() { # JSON token for a string, or null when empty
+  if [ -z "$1" ]; then tok=null; else json_escape "$1"; tok="\"$esc\""; fi
+}
+jnum() { tok=${1:-null}; }
+sql_text() { # SQL literal for a string, or NULL when empty
+  if [ -z "$1" ]; then tok=NULL; return; fi
+  case $1 in
+    *\'*) tok="'$(printf '%s' "$1" | sed "s/'/''/g")'" ;;
+    *) tok="'$1'" ;;
+  esac
+}
+
+# --- facts about this run ---------------------------------------------------------------------
+now() { # sets now_iso and now_epoch (no `date -I`: BusyBox and BSD may lack it)
+  now_iso='' now_epoch=''
+  n=$(date -u '+%Y-%m-%dT%H:%M:%SZ %s' 2>/dev/null) || return 0
+  now_iso=${n% *} now_epoch=${n#* }
+}
+proc_start_of() { # PID -> sets proc_start: /proc/PID/stat field 22, parsed after the last ')'
+  proc_start=
+  line=
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || [ -n "$line" ] || return 0
+  set -f
+  # shellcheck disable=SC2086 # deliberate field splitting of the stat line
+  set -- ${line##*") "}
+  set +f
+  [ "$#" -ge 20 ] || return 0
+  shift 19
+  proc_start=$1
+}
+
+user=${USER:-${LOGNAME:-}}
+[ -n "$user" ] || user=$(id -un 2>/dev/null)
+host=
+{ read -r host </proc/sys/kernel/hostname; } 2>/dev/null || host=$(uname -n 2>/dev/null)
+boot_id=
+{ read -r boot_id </proc/sys/kernel/random/boot_id; } 2>/dev/null
+case $boot_id in *[!0123456789abcdef-]*) boot_id= ;; esac
+
+status='' exit_code='' started_at='' started_epoch='' completed_at='' completed_epoch='' proc_start=''
+forced_kill=false db_state=pending db_detail='' dir_unsynced=''
+
+# --- the state file ---------------------------------------------------------------------------
+# Written to a temp file of this wrapper's own (pid in the name), read back, flushed, renamed
+# over the state file, then the directory flushed: a reader sees the old or the new JSON, never
+# a part, and a failed write leaves the previous state in place. Each state file has exactly one
+# writer (the id is claimed with O_EXCL at start) and rename(2) is atomic, so no lock is needed:
+# there is no lock descriptor for the job to inherit, no lock to time out, and nothing to fall
+# back from where flock(1) is missing.
+write_state() { # [running]; writes through the temp file $wtmp
+  jstr "$status"; t_status=$tok
+  jnum "$exit_code"; t_exit=$tok
+  jstr "$sig_name"; t_sig=$tok
+  jstr "$started_at"; t_sa=$tok
+  jnum "$started_epoch"; t_se=$tok
+  jstr "$completed_at"; t_ca=$tok
+  jnum "$completed_epoch"; t_ce=$tok
+  jstr "$user"; t_user=$tok
+  jstr "$host"; t_host=$tok
+  jnum "$job_pid"; t_pid=$tok
+  jnum "$proc_start"; t_ps=$tok
+  jstr "$boot_id"; t_boot=$tok
+  jstr "$db_state"; t_db=$tok
+  jstr "$db_detail"; t_dbd=$tok
+  json="{\"version\":$JOBKIT_WRAPPER_VERSION,\"id\":\"$job_id\",\"status\":$t_status,\"exit_code\":$t_exit,\"signal\":$t_sig,\"forced_kill\":$forced_kill,\"started_at\":$t_sa,\"started_epoch\":$t_se,\"completed_at\":$t_ca,\"completed_epoch\":$t_ce,\"user\":$t_user,\"host\":$t_host,\"pid\":$t_pid,\"pgid\":$t_pid,\"proc_start\":$t_ps,\"boot_id\":$t_boot,\"wrapper_pid\":$$,\"db\":$t_db,\"db_detail\":$t_dbd}"
+  back=
+  if { printf '%s\n' "$json" >"$wtmp"; } 2>/dev/null &&
+    { read -r back <"$wtmp"; } 2>/dev/null && [ "$back" = "$json" ] &&
+    { sync -- ${dir_unsynced:+"$dir_unsynced"} "$wtmp" || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
+    # The running state's directory flush rides with the next write's flush (one process less);
+    # every final state is flushed at once.
+    if [ "$1" = running ]; then dir_unsynced=$jobs_dir; else sync -- "$jobs_dir" 2>/dev/null; dir_unsynced=''; fi
+    return 0
+  fi
+  rm -f -- "$wtmp" 2>/dev/null
+  warn "state file write failed (status=$status): previous state kept"
+  return 1
+}
+
+# --- the server database ----------------------------------------------------------------------
+db_update() { # SET-clause; sets db_state (ok|locked|missing|corrupt|wrong_schema|no_row|no_sqlite3|error)
+  db_detail=
+  if ! command -v sqlite3 >/dev/null 2>&1; then
+    db_state=no_sqlite3
+    warn "sqlite3 not found on PATH; state recorded in the state file only (db=no_sqlite3)"
+    return 1
+  fi
+  if [ ! -f "$db" ]; then # opening a missing path would silently create an empty database
+    db_state=missing
+    warn "database $db does not exist; state recorded in the state file only (db=missing)"
+    return 1
+  fi
+  attempt=0
+  while :; do
+    attempt=$((attempt + 1))
+    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" "$db" \
+      "BEGIN IMMEDIATE; UPDATE jobs SET $1 WHERE id = '$job_id'; SELECT 'changes=' || changes(); COMMIT;" 2>&1)
+    rc=$?
+    case $rc:$out in
+      0:changes=1) db_state=ok; return 0 ;;
+      0:changes=0)
+        db_state=no_row
+        warn "no row with this id in table jobs; state recorded in the state file only (db=no_row)"
+        return 1 ;;
+      *'database is locked'* | *'database is busy'* | *'(5)'*)
+        db_state=locked
+        if [ "$attempt" -lt "$db_retries" ]; then continue; fi
+        warn "database locked after $attempt attempts of ${db_timeout}ms; state recorded in the state file only (db=locked)" ;;
+      *'not a database'* | *malformed* | *'(26)'* | *'(11)'*)
+        db_state=corrupt
+        warn "database is corrupt or not a database; state recorded in the state file only (db=corrupt)" ;;
+      *'no such table'* | *'no such column'* | *'has no column'*)
+        db_state=wrong_schema
+        warn "database has no usable jobs table; state recorded in the state file only (db=wrong_schema)" ;;
+      *)
+        db_state=error
+        warn "database update failed (exit $rc); state recorded in the state file only (db=error)" ;;
+    esac
+    db_detail=$(printf '%s' "$out" | head -n 3 | tr '\n' ' ')
+    return 1
+  done
+}
+
+db_start() { # SET-clause: run db_update in the background; its outcome lands in $dbout
+  (
+    exec </dev/null >/dev/null
+    trap - HUP INT QUIT PIPE TERM USR1 USR2
+    db_update "$1"
+    printf '%s\n%s\n' "$db_state" "$db_detail" >"$dbout"
+  ) &
+  db_pid=$!
+}
+db_finish() { # wait for db_start's UPDATE and take its outcome
+  wait "$db_pid" 2>/dev/null
+  db_state='' db_detail=''
+  { read -r db_state && read -r db_detail; } <"$dbout" 2>/dev/null
+  [ -n "$db_state" ] || { db_state=error db_detail='database update ended without a result'; }
+}
+
+# --- start ------------------------------------------------------------------------------------
+finish_without_job() { # CODE REASON: record failure where possible and exit without running
+  now
+  status=failed exit_code=$1 completed_at=$now_iso completed_epoch=$now_epoch
+  sql_text "$sig_name"; s_sig=$tok
+  db_update "status = 'failed', exit_code = $1, signal = $s_sig, completed_at = '$now_iso', completed_epoch = ${now_epoch:-NULL}" >/dev/null 2>&1
+  write_state
+  warn "$2"
+  exit "$1"
+}
+
+
+[ -d "$jobs_dir" ] || mkdir -p -- "$jobs_dir" 2>/dev/null
+# Claim the id atomically (O_EXCL through noclobber): this is also the check that the state
+# directory is writable, and it makes this wrapper the only writer of the state file.
+if ! (set -C; printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >"$log") 2>/dev/null; then
+  if [ -e "$log" ] || [ -e "$state" ]; then
+    say "job id already used ($log exists)"
+    exit 67
+  fi
+  say "cannot write the state directory $jobs_dir"
+  now
+  db_update "status = 'failed', exit_code = 73, completed_at = '$now_iso', completed_epoch = ${now_epoch:-NULL}" >/dev/null 2>&1
+  exit 73
+fi
+
+# SQLite locking, WAL and flock are unreliable on network filesystems: refuse them.
+netfs_types=${JOBKIT_NETFS_TYPES-nfs nfs4 cifs smb3 smbfs 9p fuse.sshfs}
+if [ "${JOBKIT_ALLOW_NETFS:-0}" != 1 ] && [ -n "$netfs_types" ] && [ -r /proc/mounts ]; then
+  real=$(cd -P -- "$jobs_dir" 2>/dev/null && pwd -P)
+  best='' fs_type=''
+  while read -r _dev mnt typ _rest; do
+    case $mnt in
+      /) match=1 ;;
+      *) case $real/ in "$mnt"/*) match=1 ;; *) match=0 ;; esac ;;
+    esac
+    if [ "$match" = 1 ] && [ "${#mnt}" -ge "${#best}" ]; then best=$mnt fs_type=$typ; fi
+  done </proc/mounts
+  for t in $netfs_types; do
+    if [ "$fs_type" = "$t" ]; then
+      say "state directory $jobs_dir is on a network filesystem ($fs_type); set JOBKIT_BASE_DIR to a local one (or JOBKIT_ALLOW_NETFS=1)"
+      exit 66
+    fi
+  done
+fi
+
+[ -z "$sig_name" ] || finish_without_job "$((128 + sig_num))" "received SIG$sig_name before the job started"
+
+# The job runs in the background, in its own session and process group, stdin from /dev/null.
+# Async lists ignore INT and QUIT in a shell without job control: restore them for the job.
+# If the shell already made it a group leader, setsid would fork and $! would lie. No redirection
+# on the subshell itself: yash forks twice for `( ... ) <file &` and $! would name the outer one.
+(
+  trap - HUP INT QUIT PIPE TERM USR1 USR2
+  read -r self_pid _ _ _ self_pgrp _ </proc/self/stat 2>/dev/null
+  # dash and BusyBox ash give async lists SIGINT/SIGQUIT ignored for good (`trap -` cannot undo
+  # it): restore them with env(1) or perl where either can, so the job can be interrupted.
+  ign=''
+  while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
+  case ${ign#"${ign%?}"} in
+    [234567abcdef])
+      if env --default-signal=INT,QUIT true 2>/dev/null; then
+        set -- env --default-signal=INT,QUIT "$@"
+      elif command -v perl >/dev/null 2>&1; then
+        # shellcheck disable=SC2016 # perl code
+        set -- perl -e '$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\n"' "$@"
+      fi ;;
+  esac
+  if [ -n "$self_pid" ] && [ "$self_pid" = "$self_pgrp" ]; then exec "$@" </dev/null; fi
+  exec setsid "$@" </dev/null
+) &
+job_pid=$!
+[ -z "$sig_name" ] || { signal_group "$sig_name" "$job_pid" || kill -s "$sig_name" "$job_pid"; start_timer; } 2>/dev/null
+
+now
+started_at=$now_iso started_epoch=$now_epoch status=running
+proc_start_of "$job_pid"
+write_state running
+sql_text "$user"; s_user=$tok
+sql_text "$host"; s_host=$tok
+sql_text "$boot_id"; s_boot=$tok
+# The running row is written in the background, overlapping the job; the final UPDATE waits
+# for it, so the database never sees `running` after the final status.
+db_start "status = 'running', started_at = '$started_at', started_epoch = ${started_epoch:-NULL}, pid = $job_pid, pgid = $job_pid, proc_start = ${proc_start:-NULL}, boot_id = $s_boot, user = $s_user, host = $s_host"
+
+# --- wait: a trapped signal interrupts `wait`; wait again until the job is really gone ------
+wait "$job_pid"
+rc=$?
+while [ "$sig_pending" = 1 ]; do
+  sig_pending=0
+  if kill -0 "$job_pid" 2>/dev/null; then # alive, or a zombie not yet reaped
+    wait "$job_pid"
+    rc=$?
+  else # already reaped; bash may still hold its status
+    wait "$job_pid" 2>/dev/null
+    r=$?
+    [ "$r" = 127 ] || rc=$r
+  fi
+done
+reaped=1
+trap '' HUP INT QUIT PIPE TERM USR1 USR2 # cleanup always runs to the end
+
+if [ -n "$timer_pid" ]; then
+  # Group members that ignored the forwarded signal die by the timer's SIGKILL.
+  if group_alive "$job_pid"; then
+    wait "$timer_pid"
+  else
+    kill -s TERM "$timer_pid" 2>/dev/null
+    wait "$timer_pid"
+  fi
+  timer_rc=$?
+  [ "$timer_rc" != 0 ] || forced_kill=true
+fi
+
+[ "$rc" -le 255 ] || rc=$((128 + rc % 128)) # ksh93 reports 256+n, yash 384+n
+if [ -n "$sig_name" ]; then
+  status=failed exit_code=$((128 + sig_num))
+elif [ "$rc" = 0 ]; then
+  status=completed exit_code=0
+else
+  status=failed exit_code=$rc
+  if [ "$rc" -gt 128 ]; then
+    case $((rc - 128)) in
+      1) sig_name=HUP ;; 2) sig_name=INT ;; 3) sig_name=QUIT ;; 4) sig_name=ILL ;;
+      6) sig_name=ABRT ;; 7) sig_name=BUS ;; 8) sig_name=FPE ;; 9) sig_name=KILL ;;
+      10) sig_name=USR1 ;; 11) sig_name=SEGV ;; 12) sig_name=USR2 ;; 13) sig_name=PIPE ;;
+      14) sig_name=ALRM ;; 15) sig_name=TERM ;; 24) sig_name=XCPU ;; 25) sig_name=XFSZ ;;
+    esac
+  fi
+fi
+now
+completed_at=$now_iso completed_epoch=$now_epoch
+
+# The state file first: the database may keep us waiting, and must never cost us this write.
+# The final UPDATE runs beside it (after the running one); then the file records its outcome.
+wait "$db_pid" 2>/dev/null
+sql_text "$sig_name"; s_sig=$tok
+db_start "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}"
+db_state=pending db_detail=''
+write_state
+db_finish
+wtmp=$dbout # reuse the outcome file as the last temp file: no extra process to remove it
+write_state
+exit "$exit_code"
