@@ -31,6 +31,9 @@ fi
 step "wrapper: bats scenarios on every shell"
 jobkit shells --require-all --json reports/shells.json
 
+step "lab images (offline build; cached when unchanged)"
+jobkit lab build
+
 step "pytest: all tiers, under coverage"
 rm -f .coverage .coverage.*
 JOBKIT_HYPOTHESIS_PROFILE=thorough coverage run -m pytest --junitxml=reports/pytest.xml

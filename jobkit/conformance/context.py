@@ -59,8 +59,14 @@ class Ctx:
         return " ".join(argv_to_sh([f"{k}={v}"]) for k, v in env.items())
 
     async def insert_row(self, job: str) -> None:
-        await self.sh(f"sqlite3 -cmd '.timeout 5000' {self.b}/server.db \"INSERT INTO jobs (id, status) VALUES "
-                      f"('{job}', 'queued')\"", timeout=15)
+        """The client's INSERT (the suite's harness, not under test): retried while another
+        connection (a wrapper finishing a job of an earlier clause) holds the database."""
+        for _ in range(3):
+            r = await self.sh(f"sqlite3 -cmd '.timeout 5000' {self.b}/server.db \"INSERT INTO jobs (id, status) "
+                              f"VALUES ('{job}', 'queued')\"", timeout=15)
+            if r.exit_status == 0 or "locked" not in r.stderr:
+                return
+        raise AssertionError(f"the client could not insert the row of {job}: {r.stderr}")
 
     # --- running the wrapper ----------------------------------------------------------------
     async def run(self, job: str, argv: list[str], *, env: dict[str, str] | None = None, via: str = "",

@@ -1,0 +1,75 @@
+"""Every fault injector restores the host: after inject + restore, the next job runs clean."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from jobkit import wrapper_dir
+from jobkit.conformance.context import Ctx
+from jobkit.conformance.runner import setup_target
+from jobkit.faults import Fault, FaultNotApplicable, HostHandle, applicable, inject
+from jobkit.lab import Lab, LabHost, offline_targets
+from jobkit.transport_ssh import SSHTransport
+
+pytestmark = pytest.mark.slow
+PER_JOB = {Fault.DELETED_STATE_FILE, Fault.TRUNCATED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
+           Fault.WRONG_FIELDS_STATE_FILE, Fault.SIGKILL_WRAPPER, Fault.SIGTERM_WRAPPER, Fault.SIGHUP_WRAPPER,
+           Fault.SIGKILL_JOB_GROUP, Fault.KILL_TMUX_SESSION}
+TARGETS = [pytest.param("local", id="local"),
+           *(pytest.param(t, id=t, marks=pytest.mark.container) for t in offline_targets())]
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def host(request: pytest.FixtureRequest) -> Iterator[LabHost]:
+    with Lab() as lab:
+        yield lab.start(request.param, fresh=request.param != "local")
+
+
+def test_the_catalogue_describes_every_fault() -> None:
+    for f in Fault:
+        assert len(f.description) > 20, f
+
+
+@pytest.mark.parametrize("fault", list(Fault), ids=[f.name for f in Fault])
+def test_inject_then_restore_leaves_the_host_clean(host: LabHost, fault: Fault) -> None:
+    async def go() -> None:
+        t = SSHTransport(host.spec)
+        try:
+            handle = HostHandle(t, None, host)
+            if not applicable(fault, handle.kind):  # refused, loudly, rather than faked
+                with pytest.raises(FaultNotApplicable):
+                    await inject(fault, handle, job_id="x")
+                return
+            base, wrapper = await setup_target(t, "~/.jobkit-faults", wrapper_dir() / "job_wrapper.sh",
+                                               wrapper_dir() / "server_schema.sql")
+            handle.base_dir = base
+            ctx = Ctx(host.target, handle, base_abs=base, wrapper_abs=wrapper)
+            job = ctx.new_id("victim")
+            await ctx.insert_row(job)
+            await ctx.start_tmux(job, ["sleep", "60"])
+            await ctx.wait_state(job, ("running",))
+            inj = await inject(fault, handle, job_id=job, seconds=1)
+            await inj.restore()
+            t2 = SSHTransport(host.spec)  # a fresh connection: the host answers again
+            ctx.t = t2
+            handle.transport = t2
+            clean = ctx.new_id("clean")
+            await ctx.insert_row(clean)
+            r = await ctx.run(clean, ["sh", "-c", "echo fine"], timeout=60)
+            assert r.exit_status == 0, r.stderr
+            st = await ctx.wait_state(clean, ("completed", "failed"))
+            assert (st["status"], st["exit_code"], st["db"]) == ("completed", 0, "ok")
+            check = await ctx.sh(f"sqlite3 {ctx.b}/server.db 'PRAGMA integrity_check'; "
+                                 f"ls -a {ctx.b} | grep -c '^.fault-' ; mount | grep -c jobkitfull; "
+                                 "cat /proc/sys/kernel/random/boot_id")
+            lines = check.stdout.split()
+            assert lines[:3] == ["ok", "0", "0"], check.stdout
+            await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job} 2>/dev/null; true")
+            await t2.close()
+        finally:
+            await t.close()
+
+    asyncio.run(go())
