@@ -64,7 +64,8 @@ async def setup_target(t: Transport, base_dir: str, wrapper: Path, schema: Path)
                 stdin=wrapper_text, check=True, timeout=15)
     await t.run(f"cat >{qb}/.conformance/schema.sql", stdin=schema_text, check=True, timeout=15)
     await t.run(f"sqlite3 -cmd '.timeout 5000' {qb}/server.db <{qb}/.conformance/schema.sql >/dev/null 2>&1; "
-                f"sqlite3 {qb}/server.db 'SELECT count(*) FROM jobs' >/dev/null", check=True, timeout=15)
+                f"sqlite3 -cmd '.timeout 5000' {qb}/server.db 'SELECT count(*) FROM jobs' >/dev/null", check=True,
+                timeout=15)
     return base_abs, f"{base_abs}/.conformance/job_wrapper.sh"
 
 
