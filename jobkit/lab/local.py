@@ -168,6 +168,14 @@ class LocalTarget:
         finally:
             feeder.cancel()
             self._children.discard(proc.pid)
+            if proc.returncode is None:  # abandoned (client gone, server stopping): like a hangup
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(proc.wait())
+            transport = getattr(proc, "_transport", None)  # closes the pipes, even half-read
+            if transport is not None:
+                transport.close()
         if rc < 0:
             name = signal.Signals(-rc).name.removeprefix("SIG")
             process.exit_with_signal(name, False, "", "")
