@@ -13,6 +13,8 @@ then "State lost - unable to determine job status". Its holes are fixed:
    (possible SIGKILL)", once ``grace`` seconds have passed since it was last seen alive.
 5. A boot id different from the one recorded at start means the host rebooted: the job cannot
    be running any more.
+6. A row still ``queued`` with no tmux session and no state file once the grace period after
+   submission has passed is ``failed``, "Job never started" (killed before its traps).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from jobkit.models import Evidence, JobStatus, Known, Source, Verdict
 
 LOST_REASON = "State lost - unable to determine job status"
 SIGKILL_REASON = "Job terminated unexpectedly (possible SIGKILL)"
+NEVER_STARTED_REASON = "Job never started"
 
 
 def _status(value: str | None) -> JobStatus | None:
@@ -104,9 +107,10 @@ def merge(ev: Evidence, known: Known, *, grace: float = 30.0) -> Verdict:
 
     if db_status is JobStatus.QUEUED:
         now, sub = host.now_epoch, known.submitted_epoch
-        if now is not None and sub is not None and now - sub > grace:
-            return Verdict(ev.job_id, JobStatus.LOST, Source.DATABASE,
-                           f"{LOST_REASON} (queued for {now - sub:.0f}s with no session or state)", said=said)
+        if now is not None and sub is not None and now - sub > grace and live.tmux_session is False:
+            # FAILURE-MODES 8: killed before it could record anything
+            return Verdict(ev.job_id, JobStatus.FAILED, Source.DATABASE,
+                           f"{NEVER_STARTED_REASON} (queued for {now - sub:.0f}s, no session, no state)", said=said)
         return Verdict(ev.job_id, JobStatus.QUEUED, Source.DATABASE, "queued", said=said)
 
     if known.status is JobStatus.QUEUED and known.submitted_epoch is not None and host.now_epoch is not None \

@@ -521,6 +521,28 @@ async def r7(ctx: Ctx) -> None:
     await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
 
 
+@clause("R-9", "a job submitted but never started (killed before its traps: no session, no state) is failed "
+               "after the grace period, queued before it", "8")
+async def r9(ctx: Ctx) -> None:
+    import tempfile
+    from pathlib import Path
+
+    store = AsyncStore(Store(Path(tempfile.mkdtemp(prefix="jobkit-conf-")) / "store.db"))
+    name = f"conf-{ctx.target}"
+    store.sync.add_host(HostSpec(name, "127.0.0.1", 22, "x", Path("/dev/null"), "unused", ctx.base_abs))
+    job = ctx.new_id("never")
+    await store.call(store.sync.add_job, job, name, ["true"], time.time() - 120)
+    await ctx.insert_row(job)  # the client queued it; the launch never happened
+    report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=600)
+    early = next(v for v in report.verdicts if v.job_id == job)
+    assert early.status is JobStatus.QUEUED, early.log_line()
+    report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=30)
+    v = next(v for v in report.verdicts if v.job_id == job)
+    ctx.evidence.add("reconcile", v.log_line())
+    assert v.status is JobStatus.FAILED, v.log_line()
+    assert "never started" in v.reason, v.log_line()
+
+
 @clause("R-8", "a changed boot id means the host rebooted: the job is failed, not running", "7")
 async def r8(ctx: Ctx) -> None:
     need(ctx, Fault.HOST_REBOOT)

@@ -162,3 +162,19 @@ async def test_both_gone_process_alive_is_running_by_liveness(host: LabHost, sto
     assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS)
     assert v.said == {"database": "no_row", "state_file": "missing", "liveness": "alive"}
     await cancel(transport, job)
+
+
+async def test_sessions_are_targeted_exactly(host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    """FAILURE-MODES 17: `-t job1` would also match `job10`; the runner always uses `=job1`."""
+    base = jid("exact")
+    long_job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=base + "0")).job_id
+    short = (await submit(transport, store, host.target, ["sleep", "60"], job_id=base)).job_id
+    await wait_until(lambda: _has_state(transport, long_job))
+    await wait_until(lambda: _has_state(transport, short))
+    await transport.run(f"rm {B}/jobs/{short}.status", check=True)  # cancel must fall back to the session
+    assert await cancel(transport, short) == "killed-session"
+    await asyncio.sleep(0.5)
+    sessions = (await transport.run(f"tmux -S {B}/tmux.sock list-sessions -F '#{{session_name}}'")).stdout.split()
+    assert long_job in sessions
+    assert short not in sessions
+    await cancel(transport, long_job)

@@ -79,6 +79,14 @@ def test_nothing_anywhere_is_state_lost() -> None:
     assert (v.status, v.reason) == (JobStatus.LOST, LOST_REASON)
 
 
+def test_queued_with_nothing_on_the_host_fails_as_never_started_after_the_grace() -> None:
+    evidence = ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False))
+    assert merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=990), grace=30).status is JobStatus.QUEUED
+    late = merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=900), grace=30)
+    assert late.status is JobStatus.FAILED
+    assert late.reason.startswith("Job never started")
+
+
 def test_a_final_status_never_moves_backwards() -> None:
     v = merge(ev(DbEvidence("ok", "running"), FileEvidence("missing"), Liveness(job_alive=True)),
               Known(JobStatus.COMPLETED, exit_code=0))
