@@ -328,7 +328,7 @@ fi
   while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
   case ${ign#"${ign%?}"} in
     [234567abcdef])
-      if env --default-signal=INT,QUIT true 2>/dev/null; then
+      if env --default-signal=INT,QUIT >/dev/null 2>&1; then # GNU env >= 8.31 (prints the env)
         set -- env --default-signal=INT,QUIT "$@"
       elif command -v perl >/dev/null 2>&1; then
         # shellcheck disable=SC2016 # perl code
