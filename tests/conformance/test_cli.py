@@ -11,9 +11,9 @@ import pytest
 
 from jobkit import cli
 from jobkit.lab import Lab, LabHost
+from tests.broken_wrappers import BUGS, write
 
 pytestmark = pytest.mark.slow
-BROKEN = Path(__file__).resolve().parent.parent / "broken_wrappers"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_a_real_host_by_ssh_url_and_the_four_reports(local: LabHost, tmp_path: P
 
 def test_a_failing_must_clause_exits_nonzero_with_evidence(local: LabHost, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli.main(["conformance", "--target", "local", "--wrapper", str(BROKEN / "unescaped_json.sh"),
+    broken = write(next(b for b in BUGS if b.name == "unescaped_json"), tmp_path)
+    rc = cli.main(["conformance", "--target", "local", "--wrapper", str(broken),
                    "--base-dir", "~/.conf-cli-broken", "--clause", "W-18", "--report-dir", str(tmp_path / "r")])
     assert rc == 1
     captured = capsys.readouterr()

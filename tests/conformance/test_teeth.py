@@ -14,13 +14,11 @@ from jobkit.conformance.clauses import CLAUSES
 from jobkit.conformance.runner import FAIL, NA, PASS, Result, TargetSpec, run_target
 from jobkit.lab import Lab, LabHost
 from jobkit.transport_ssh import SSHTransport
+from tests.broken_wrappers import BUGS, write
 
 pytestmark = pytest.mark.slow
-BROKEN = Path(__file__).resolve().parent.parent / "broken_wrappers"
 SCHEMA = wrapper_dir() / "server_schema.sql"
-CASES = [("sigterm_completed", "W-4"), ("foreground", "W-3"), ("no_hup_trap", "W-5"), ("non_atomic", "W-9"),
-         ("no_busy_timeout", "W-10"), ("id_in_sql", "W-17"), ("unescaped_json", "W-18"),
-         ("lock_inherited", "W-19"), ("date_iso_only", "W-20"), ("bash_only", "W-21")]
+CASES = [(b.name, b.clause) for b in BUGS]
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +41,12 @@ def check(host: LabHost, wrapper: Path, clause_ids: list[str], base_dir: str) ->
 
 
 @pytest.mark.parametrize(("name", "clause"), CASES, ids=[c[0] for c in CASES])
-def test_each_broken_wrapper_fails_the_clause_that_names_its_bug(local: LabHost, name: str, clause: str) -> None:
-    header = (BROKEN / f"{name}.sh").read_text().splitlines()[2]
+def test_each_broken_wrapper_fails_the_clause_that_names_its_bug(local: LabHost, name: str, clause: str,
+                                                                tmp_path: Path) -> None:
+    path = write(next(b for b in BUGS if b.name == name), tmp_path)
+    header = path.read_text().splitlines()[2]
     assert clause in header, "the file says which clause must catch it"
-    broken = check(local, BROKEN / f"{name}.sh", [clause], f"~/.conf-{name}")
+    broken = check(local, path, [clause], f"~/.conf-{name}")
     assert [(r.clause, r.outcome) for r in broken] == [(clause, FAIL)], broken[0].message
     assert broken[0].evidence, "a failure comes with its evidence"
     ours = check(local, wrapper_dir() / "job_wrapper.sh", [clause], f"~/.conf-ours-{name}")

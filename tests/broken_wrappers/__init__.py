@@ -1,0 +1,79 @@
+"""Deliberately broken wrappers: jobkit's wrapper with exactly one known bug each.
+
+Each bug is a small patch applied to the current ``wrapper/job_wrapper.sh`` (so a broken wrapper
+differs from the real one by its bug and nothing else, and never drifts from it). Write them out
+with ``python -m tests.broken_wrappers DIR``; ``tests/conformance/test_teeth.py`` checks that the
+conformance suite fails each one on the clause that names its bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobkit import wrapper_dir
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    description: str
+    clause: str
+    edits: tuple[tuple[str, str], ...]  # (text in the real wrapper, its replacement)
+    shebang: str = "#!/bin/sh"
+
+
+BUGS: tuple[Bug, ...] = (
+    Bug("sigterm_completed", "a signalled wrapper records the job completed/0", "W-4",
+        (('if [ -n "$sig_name" ]; then\n  status=failed exit_code=$((128 + sig_num))',
+          "if [ -n \"$sig_name\" ]; then\n  status=completed exit_code=0 sig_name=''"),)),
+    Bug("foreground", "the job runs in the foreground of the wrapper, not in its own process group", "W-3",
+        ((") &\njob_pid=$!", ")\njob_pid=$$"),)),
+    Bug("no_hup_trap", "SIGHUP is not trapped (tmux kill-session kills the wrapper unrecorded)", "W-5",
+        (("trap 'on_signal HUP 1' HUP\n", ""),)),
+    Bug("non_atomic", "the state file is rewritten in place (truncate, then write in two steps)", "W-9",
+        (("  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&",
+          "  half=${json%%,\\\"started_at\\\"*}\n"
+          "  { printf '%s' \"$half\" >\"$state\"; sleep 0.2; printf '%s\\n' \"${json#\"$half\"}\" >>\"$state\"; }"
+          " 2>/dev/null\n  return 0\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
+    Bug("no_busy_timeout", "sqlite3 runs with no busy timeout and no retries", "W-10",
+        (('    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" "$db" \\',
+          '    db_retries=1\n    out=$(sqlite3 -batch -bail "$db" \\'),)),
+    Bug("id_in_sql", "the job id is not validated before use (pasted into SQL, JSON and paths)", "W-17",
+        (('if [ "$bad_id" = 1 ] || [ "${#job_id}" -gt 64 ]; then', "if false; then"),)),
+    Bug("unescaped_json", "JSON strings are written without escaping", "W-18",
+        (("json_escape() { # sets `esc` to VALUE",
+          "json_escape() { esc=$1; return 0; }\njson_escape_unused() { # sets `esc` to VALUE"),)),
+    Bug("lock_inherited", "a flock on a lock file is taken on fd 9 for the job's whole life and inherited by it",
+        "W-19",
+        (("# The job runs in the background, in its own session and process group, stdin from /dev/null.",
+          "exec 9>\"$jobs_dir/.lock\"\nflock 9 2>/dev/null\n"
+          "# The job runs in the background, in its own session and process group, stdin from /dev/null."),)),
+    Bug("date_iso_only", "timestamps come from `date -I` only (missing on BusyBox/BSD builds)", "W-20",
+        (("  n=$(date -u '+%Y-%m-%dT%H:%M:%SZ %s' 2>/dev/null) || return 0\n  now_iso=${n% *} now_epoch=${n#* }",
+          "  now_iso=$(date -u -Iseconds 2>/dev/null) || { now_iso='' now_epoch=''; return 0; }\n"
+          "  now_epoch=$(date -u +%s)"),)),
+    Bug("bash_only", "bash-only syntax ([[ ]] and arrays): breaks under a POSIX /bin/sh", "W-21",
+        (('if [ "$bad_id" = 1 ] || [ "${#job_id}" -gt 64 ]; then',
+          'ids=("$job_id")\nif [[ $bad_id == 1 || ${#ids[0]} -gt 64 ]]; then'),),
+        shebang="#!/bin/bash"),
+)
+
+
+def broken_text(bug: Bug) -> str:
+    text = (wrapper_dir() / "job_wrapper.sh").read_text()
+    for old, new in bug.edits:
+        if text.count(old) != 1:
+            raise ValueError(f"{bug.name}: the patch no longer matches the wrapper exactly once: {old[:60]!r}")
+        text = text.replace(old, new)
+    header = (f"{bug.shebang}\n# BROKEN ON PURPOSE ({bug.name}): {bug.description}\n"
+              f"# The conformance suite must fail this wrapper on {bug.clause}.\n")
+    return header + text.removeprefix("#!/bin/sh\n")
+
+
+def write(bug: Bug, directory: Path) -> Path:
+    path = directory / f"{bug.name}.sh"
+    path.write_text(broken_text(bug))
+    path.chmod(0o755)
+    return path
+
