@@ -53,14 +53,14 @@ async def deploy(transport: Transport, base_dir: str | None = None, timeout: flo
     """Make the host run the wrapper and schema of this jobkit; return what happened."""
     base = base_dir_word(base_dir)
     version, wrapper, schema = bundle_version()
+    # one round trip tells whether anything needs doing: installed version, database, base dir
     probe = await transport.run(
-        f"cat {base}/bin/.jobkit-version 2>/dev/null; echo; printf '%s' {base}", timeout=timeout
+        f"printf 'version=%s\\n' \"$(cat {base}/bin/.jobkit-version 2>/dev/null)\"; "
+        f"test -f {base}/server.db && echo db=yes; printf 'base=%s\\n' {base}", timeout=timeout
     )
-    lines = probe.stdout.split("\n")
-    installed = lines[0].strip() if lines else ""
-    resolved = lines[-1] if lines else base
-    db_ok = await transport.run(f"test -f {base}/server.db", timeout=timeout)
-    if installed == version and db_ok.exit_status == 0:
+    facts = dict(line.split("=", 1) for line in probe.stdout.splitlines() if "=" in line)
+    resolved = facts.get("base", base)
+    if facts.get("version") == version and facts.get("db") == "yes":
         return DeployReport(transport.host_name, version, False, resolved)
     await check_prerequisites(transport, timeout)
     install = (

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from jobkit.errors import TransportError
+from jobkit.errors import HostUnreachable, RemoteTimeout, TransportError
 from jobkit.models import DbEvidence, Evidence, FileEvidence, HostState, Liveness
 from jobkit.remote import base_dir_word
 from jobkit.transport import Transport
@@ -162,18 +163,11 @@ async def probe(transport: Transport, queries: list[JobQuery], base_dir: str | N
                 timeout: float = 5.0) -> ProbeResult:
     """Ask the host about every job in ``queries`` with one command; an unreachable or slow host
     gives ``host.reachable == False`` (never an exception for those)."""
-    from jobkit.errors import HostUnreachable, RemoteTimeout
-
     stdin = "".join(f"{q.job_id} {q.pid or ''} {q.proc_start or ''}\n" for q in queries)
-    command = f"sh -c {_quote(probe_script())} probe {base_dir_word(base_dir)}"
+    command = f"sh -c {shlex.quote(probe_script())} probe {base_dir_word(base_dir)}"
     try:
         r = await transport.run(command, stdin=stdin, timeout=timeout)
     except (HostUnreachable, RemoteTimeout) as exc:
         return ProbeResult(HostState(reachable=False, error=exc.message))
     return parse(r.stdout, queries)
 
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobkit.merge import merge
-from jobkit.models import Verdict
+from jobkit.models import Evidence, Verdict
 from jobkit.probe import JobQuery, probe
 from jobkit.store import AsyncStore, JobRecord
 from jobkit.transport import Transport
@@ -43,8 +43,6 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
     for job in jobs:
         ev = result.evidence.get(job.id)
         if ev is None:  # host unreachable: merge says unavailable
-            from jobkit.models import Evidence
-
             ev = Evidence(job.id, result.host)
         verdict = merge(ev, job.known(), grace=grace)
         facts: dict[str, Any] = {}

@@ -28,6 +28,17 @@ class Submitted:
     host: str
 
 
+def tmux_new_session(session: str, line_word: str) -> str:
+    """Shell (with ``$b`` the base directory) that starts a detached session ``session`` on the
+    dedicated socket ``$b/tmux.sock``, running ``line_word`` (one shell word: the job's command
+    line) with ``/bin/sh -c``. The server stays up with no session (exit-empty off): otherwise a
+    job that ends at once takes the server down under new-session, which then reports a failure
+    for a job that did run."""
+    return (f"tmux -S \"$b/tmux.sock\" start-server \\; set-option -g exit-empty off \\; "
+            f"set-option -g default-shell /bin/sh && "
+            f"tmux -S \"$b/tmux.sock\" new-session -d -s {session} {line_word}")
+
+
 def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict[str, str] | None = None) -> str:
     """The remote command line that inserts the row and starts the wrapper in tmux.
 
@@ -45,14 +56,9 @@ def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict
         f"b={base_dir_word(base_dir)}; set -e; "
         f"sqlite3 -batch -bail -cmd '.timeout 5000' \"$b/server.db\" "
         f"\"INSERT INTO jobs (id, status) VALUES ('{job_id}', 'queued');\"; "
-        # The server stays up with no session (exit-empty off): otherwise a job that ends at
-        # once takes the server down under new-session, which then reports a failure for a job
-        # that did run.
-        f"tmux -S \"$b/tmux.sock\" start-server \\; set-option -g exit-empty off \\; "
-        f"set-option -g default-shell /bin/sh; "
         + r"""qb=$(printf '%s' "$b" | sed "s/'/'\\\\''/g"); """
-        + f"tmux -S \"$b/tmux.sock\" new-session -d -s {job_id} "
-        + f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \"{shlex.quote(static)}"
+        + tmux_new_session(job_id, f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \""
+                                   f"{shlex.quote(static)}")
     )
 
 

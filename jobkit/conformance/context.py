@@ -11,6 +11,7 @@ from typing import Any
 
 from jobkit.faults import HostHandle
 from jobkit.remote import argv_to_sh
+from jobkit.runner import tmux_new_session
 from jobkit.transport import CommandResult, Transport
 
 # a group is alive when a non-zombie process is in it (busybox-safe)
@@ -85,9 +86,7 @@ class Ctx:
         """The wrapper as production starts it: a detached tmux session (one shell-command string,
         see jobkit.runner); returns the wrapper's pid (the pane's)."""
         line = f"exec env {self.env(env)} {self.wrapper} {argv_to_sh([job, *argv])}"
-        r = await self.sh(f"b={self.b}; tmux -S \"$b/tmux.sock\" start-server \\; set-option -g exit-empty off \\; "
-                          f"set-option -g default-shell /bin/sh && tmux -S \"$b/tmux.sock\" new-session -d "
-                          f"-s {job} {shlex.quote(line)} && "
+        r = await self.sh(f"b={self.b}; {tmux_new_session(job, shlex.quote(line))} && "
                           f"tmux -S \"$b/tmux.sock\" display-message -p -t ={job}: '#{{pane_pid}}'")
         if r.exit_status != 0:
             raise AssertionError(f"could not start {job} in tmux: {r.stderr}")
