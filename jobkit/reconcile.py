@@ -14,7 +14,7 @@ from typing import Any
 from jobkit.merge import merge
 from jobkit.models import Evidence, Verdict
 from jobkit.probe import JobQuery, probe
-from jobkit.store import AsyncStore, JobRecord
+from jobkit.store import ACTIVE, AsyncStore, JobRecord
 from jobkit.transport import Transport
 
 log = logging.getLogger("jobkit.reconcile")
@@ -34,8 +34,9 @@ class HostReport:
 async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, base_dir: str | None = None,
                          all_jobs: bool = False, grace: float = 30.0, timeout: float = 5.0) -> HostReport:
     start = time.monotonic()
-    jobs: list[JobRecord] = await store.call(store.sync.jobs, host, not all_jobs)
-    known_ids = {j.id for j in await store.call(store.sync.jobs, host, False)}
+    known: list[JobRecord] = await store.call(store.sync.jobs, host, False)
+    known_ids = {j.id for j in known}
+    jobs = known if all_jobs else [j for j in known if j.status.value in ACTIVE]
     report = HostReport(host)
     result = await probe(transport, [JobQuery(j.id, j.pid, j.proc_start) for j in jobs], base_dir, timeout)
     report.reachable, report.error = result.host.reachable, result.host.error
