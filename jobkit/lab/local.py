@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import tempfile
@@ -27,6 +28,26 @@ import asyncssh
 
 from jobkit.hosts import HostSpec
 from jobkit.lab.keys import ClientKey, HostKey, client_key, host_key
+
+_SESSION_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+                    signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _restore(ignored: tuple[signal.Signals, ...]) -> None:
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _default_signals_preexec() -> Callable[[], None] | None:
+    """Like sshd, start sessions with default signal dispositions.
+
+    A server started under `nohup` (or by a CI runner that ignores HUP) would otherwise hand
+    its ignored signals to every session, and a shell cannot trap a signal ignored on entry.
+    Only then is a pre-exec hook used (SIGPIPE is restored by subprocess itself).
+    """
+    ignored = tuple(s for s in _SESSION_SIGNALS if signal.getsignal(s) is signal.SIG_IGN)
+    return functools.partial(_restore, ignored) if ignored else None
+
 
 _SIGNALS = {signal.Signals(n).name.removeprefix("SIG"): n for n in range(1, 32) if n in signal.valid_signals()}
 
@@ -128,6 +149,7 @@ class LocalTarget:
             "/bin/sh", "-c", command, cwd=str(self.home), env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=_default_signals_preexec(),
         )
         self._children.add(proc.pid)
         child_in, child_out, child_err = proc.stdin, proc.stdout, proc.stderr

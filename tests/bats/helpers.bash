@@ -25,14 +25,16 @@ hold_db() { printf 'BEGIN EXCLUSIVE;\nUPDATE jobs SET host = host;\n.system slee
 
 add_row() { sqlite3 "$BASE/server.db" "INSERT INTO jobs (id) VALUES ('$1')"; }
 
-# Run the wrapper with the shell under test. INT and QUIT are restored to their defaults: a
-# background process of a non-interactive shell starts with them ignored, and a shell cannot
-# trap a signal that was ignored on entry (tmux starts the wrapper with them at their defaults).
+# Run the wrapper with the shell under test, its signals at their defaults as tmux and sshd
+# start it: a background process of a non-interactive shell starts with INT and QUIT ignored,
+# `nohup` (or a CI runner) may have HUP ignored, and a shell cannot trap a signal that was
+# ignored on entry.
+FORWARDED_SIGNALS=HUP,INT,QUIT,PIPE,TERM,USR1,USR2
 # WRAPPER_PATH, when set, is the PATH the wrapper runs with (bats itself keeps the normal one).
-wrapper() { env ${WRAPPER_PATH:+PATH="$WRAPPER_PATH"} --default-signal=INT,QUIT "${TEST_SH[@]}" "$WRAPPER" "$@"; }
+wrapper() { env ${WRAPPER_PATH:+PATH="$WRAPPER_PATH"} --default-signal="$FORWARDED_SIGNALS" "${TEST_SH[@]}" "$WRAPPER" "$@"; }
 # start_wrapper ARGS...: in the background; WPID is the wrapper's own pid (not a subshell's)
 start_wrapper() {
-  env --default-signal=INT,QUIT "${TEST_SH[@]}" "$WRAPPER" "$@" &
+  env --default-signal="$FORWARDED_SIGNALS" "${TEST_SH[@]}" "$WRAPPER" "$@" &
   WPID=$! # read by the tests
   export WPID
 }

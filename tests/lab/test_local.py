@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -37,6 +38,28 @@ async def test_commands_run_with_status_stdin_and_streams(local: LocalTarget) ->
         r = await t.run("kill -s KILL $$")
         assert r.exit_status == 137
     finally:
+        await t.close()
+
+
+async def test_sessions_start_with_default_signals_even_when_the_server_ignores_them(
+    local: LocalTarget,
+) -> None:
+    # Under `nohup` (or a CI runner ignoring HUP) the server inherits ignored signals; sshd
+    # starts sessions with defaults, and a shell cannot trap a signal ignored on entry.
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    t = SSHTransport(local.spec)
+    try:
+        for s in before:
+            signal.signal(s, signal.SIG_IGN)
+        r = await t.run("sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status")
+        ignored = int(r.stdout, 16)
+        assert not ignored & (1 << (signal.SIGHUP - 1)), r.stdout
+        assert not ignored & (1 << (signal.SIGUSR1 - 1)), r.stdout
+        r = await t.run("trap 'exit 42' HUP; kill -s HUP $$; sleep 5")
+        assert r.exit_status == 42
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
         await t.close()
 
 
