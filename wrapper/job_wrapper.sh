@@ -57,7 +57,8 @@ dbout=$jobs_dir/.$job_id.db.$$.tmp
 wtmp=$tmp
 
 # --- signals: installed before any state is written ---------------------------------------
-sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0
+sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0 db_pid='' db_run_pid=''
+
 
 signal_group() { # SIG PGID; dash/mksh need `--` before a negative pid, BusyBox rejects it
   kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "-$2" 2>/dev/null
@@ -199,7 +200,11 @@ write_state() { # [running]; writes through the temp file $wtmp
     { sync -- ${dir_unsynced:+"$dir_unsynced"} "$wtmp" || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
     # The running state's directory flush rides with the next write's flush (one process less);
     # every final state is flushed at once.
-    if [ "$1" = running ]; then dir_unsynced=$jobs_dir; else sync -- "$jobs_dir" 2>/dev/null; dir_unsynced=''; fi
+    case $1 in
+      running) dir_unsynced=$jobs_dir ;;
+      annotate) ;;
+      *) sync -- "$jobs_dir" 2>/dev/null; dir_unsynced='' ;;
+    esac
     return 0
   fi
   rm -f -- "$wtmp" 2>/dev/null
@@ -208,8 +213,15 @@ write_state() { # [running]; writes through the temp file $wtmp
 }
 
 # --- the server database ----------------------------------------------------------------------
-db_update() { # SET-clause; sets db_state (ok|locked|missing|corrupt|wrong_schema|no_row|no_sqlite3|error)
+db_update() { # SET-clause [running]; sets db_state (ok|locked|missing|corrupt|wrong_schema|no_row|no_sqlite3|error)
   db_detail=
+  where="id = '$job_id'" changes='changes()'
+  if [ "${2:-}" = running ]; then
+    # The final UPDATE runs beside this one and may commit first: never write over a final
+    # status (a row already final counts as this update's success, not as a missing row).
+    where="$where AND status IN ('queued', 'running')"
+    changes="changes() + (SELECT count(*) FROM jobs WHERE id = '$job_id' AND status NOT IN ('queued', 'running'))"
+  fi
   if ! command -v sqlite3 >/dev/null 2>&1; then
     db_state=no_sqlite3
     warn "sqlite3 not found on PATH; state recorded in the state file only (db=no_sqlite3)"
@@ -226,7 +238,7 @@ db_update() { # SET-clause; sets db_state (ok|locked|missing|corrupt|wrong_schem
     # synchronous=NORMAL: in WAL mode a commit needs no fsync, so the write lock is held for
     # microseconds, not an fsync; the state file (fsynced) carries durability.
     out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" "$db" \
-      "BEGIN IMMEDIATE; UPDATE jobs SET $1 WHERE id = '$job_id'; SELECT 'changes=' || changes(); COMMIT;" 2>&1)
+      "BEGIN IMMEDIATE; UPDATE jobs SET $1 WHERE $where; SELECT 'changes=' || ($changes); COMMIT;" 2>&1)
     rc=$?
     case $rc:$out in
       0:changes=1) db_state=ok; return 0 ;;
@@ -253,17 +265,18 @@ db_update() { # SET-clause; sets db_state (ok|locked|missing|corrupt|wrong_schem
   done
 }
 
-db_start() { # SET-clause: run db_update in the background; its outcome lands in $dbout
+db_start() { # SET-clause [running]: db_update in the background; the final one's outcome lands in $dbout
   (
     exec </dev/null >/dev/null
     trap - HUP INT QUIT PIPE TERM USR1 USR2
-    db_update "$1"
-    printf '%s\n%s\n' "$db_state" "$db_detail" >"$dbout"
+    db_update "$1" "${2:-}"
+    [ "${2:-}" = running ] || printf '%s\n%s\n' "$db_state" "$db_detail" >"$dbout"
   ) &
-  db_pid=$!
+  if [ "${2:-}" = running ]; then db_run_pid=$!; else db_pid=$!; fi
 }
-db_finish() { # wait for db_start's UPDATE and take its outcome
+db_finish() { # wait for both UPDATEs and take the final one's outcome
   wait "$db_pid" 2>/dev/null
+  wait "$db_run_pid" 2>/dev/null
   db_state='' db_detail=''
   { read -r db_state && read -r db_detail; } <"$dbout" 2>/dev/null
   [ -n "$db_state" ] || { db_state=error db_detail='database update ended without a result'; }
@@ -284,7 +297,11 @@ finish_without_job() { # CODE REASON: record failure where possible and exit wit
 [ -d "$jobs_dir" ] || mkdir -p -- "$jobs_dir" 2>/dev/null
 # Claim the id atomically (O_EXCL through noclobber): this is also the check that the state
 # directory is writable, and it makes this wrapper the only writer of the state file.
-if ! (set -C; printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >"$log") 2>/dev/null; then
+set -C
+claimed=0
+{ printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >"$log" && claimed=1; } 2>/dev/null
+set +C
+if [ "$claimed" = 0 ]; then
   if [ -e "$log" ] || [ -e "$state" ]; then
     say "job id already used ($log exists)"
     exit 67
@@ -298,21 +315,29 @@ fi
 # SQLite locking, WAL and flock are unreliable on network filesystems: refuse them.
 netfs_types=${JOBKIT_NETFS_TYPES-nfs nfs4 cifs smb3 smbfs 9p fuse.sshfs}
 if [ "${JOBKIT_ALLOW_NETFS:-0}" != 1 ] && [ -n "$netfs_types" ] && [ -r /proc/mounts ]; then
-  real=$(cd -P -- "$jobs_dir" 2>/dev/null && pwd -P)
-  best='' fs_type=''
-  while read -r _dev mnt typ _rest; do
-    case $mnt in
-      /) match=1 ;;
-      *) case $real/ in "$mnt"/*) match=1 ;; *) match=0 ;; esac ;;
-    esac
-    if [ "$match" = 1 ] && [ "${#mnt}" -ge "${#best}" ]; then best=$mnt fs_type=$typ; fi
+  # Collect the network mounts first; the state directory's real path (one fork) is only
+  # needed when there is one.
+  any_net=0
+  while read -r _dev _mnt typ _rest; do
+    case " $netfs_types " in *" $typ "*) any_net=1; break ;; esac
   done </proc/mounts
-  for t in $netfs_types; do
-    if [ "$fs_type" = "$t" ]; then
-      say "state directory $jobs_dir is on a network filesystem ($fs_type); set JOBKIT_BASE_DIR to a local one (or JOBKIT_ALLOW_NETFS=1)"
-      exit 66
-    fi
-  done
+  if [ "$any_net" = 1 ]; then
+    real=$(cd -P -- "$jobs_dir" 2>/dev/null && pwd -P)
+    best='' fs_type=''
+    while read -r _dev mnt typ _rest; do
+      case $mnt in
+        /) match=1 ;;
+        *) case $real/ in "$mnt"/*) match=1 ;; *) match=0 ;; esac ;;
+      esac
+      if [ "$match" = 1 ] && [ "${#mnt}" -ge "${#best}" ]; then best=$mnt fs_type=$typ; fi
+    done </proc/mounts
+    for t in $netfs_types; do
+      if [ "$fs_type" = "$t" ]; then
+        say "state directory $jobs_dir is on a network filesystem ($fs_type); set JOBKIT_BASE_DIR to a local one (or JOBKIT_ALLOW_NETFS=1)"
+        exit 66
+      fi
+    done
+  fi
 fi
 
 [ -z "$sig_name" ] || finish_without_job "$((128 + sig_num))" "received SIG$sig_name before the job started"
@@ -350,9 +375,11 @@ write_state running
 sql_text "$user"; s_user=$tok
 sql_text "$host"; s_host=$tok
 sql_text "$boot_id"; s_boot=$tok
-# The running row is written in the background, overlapping the job; the final UPDATE waits
-# for it, so the database never sees `running` after the final status.
-db_start "status = 'running', started_at = '$started_at', started_epoch = ${started_epoch:-NULL}, pid = $job_pid, pgid = $job_pid, proc_start = ${proc_start:-NULL}, boot_id = $s_boot, user = $s_user, host = $s_host"
+# The running row is written in the background, overlapping the job. It only changes a row that
+# is not final yet, and the final UPDATE carries the start fields too: whichever commits first,
+# the database never shows `running` after the final status, and the final row is complete.
+start_set="started_at = '$started_at', started_epoch = ${started_epoch:-NULL}, pid = $job_pid, pgid = $job_pid, proc_start = ${proc_start:-NULL}, boot_id = $s_boot, user = $s_user, host = $s_host"
+db_start "status = 'running', $start_set" running
 
 # --- wait: a trapped signal interrupts `wait`; wait again until the job is really gone ------
 wait "$job_pid"
@@ -403,13 +430,12 @@ now
 completed_at=$now_iso completed_epoch=$now_epoch
 
 # The state file first: the database may keep us waiting, and must never cost us this write.
-# The final UPDATE runs beside it (after the running one); then the file records its outcome.
-wait "$db_pid" 2>/dev/null
+# The final UPDATE runs beside it; then the file records its outcome.
 sql_text "$sig_name"; s_sig=$tok
-db_start "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}"
+db_start "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}, $start_set"
 db_state=pending db_detail=''
 write_state
 db_finish
 wtmp=$dbout # reuse the outcome file as the last temp file: no extra process to remove it
-write_state
+write_state annotate
 exit "$exit_code"

@@ -147,6 +147,27 @@ tmux_test() { # kill-session|kill-server
   run -0 wrapper lk3 true
   wait "$holder"
   assert_final lk3 completed 0 null
+  # Both UPDATEs waited on the lock and raced when it was released: the row is final and whole.
+  assert_equal "$(db_field lk3 pid)" "$(field lk3 pid)"
+  assert_equal "$(db_field lk3 started_epoch)" "$(field lk3 started_epoch)"
+}
+
+@test "the running UPDATE never writes over a final row (it may commit after the final one)" {
+  # The final UPDATE does not wait for the running one. Stand in for a final UPDATE that won the
+  # race: the row is already final when the running UPDATE comes.
+  sqlite3 "$BASE/server.db" "INSERT INTO jobs (id, status, exit_code) VALUES ('ro2', 'failed', 99)"
+  start_wrapper ro2 sleep 1.5 2>"$BATS_TEST_TMPDIR/stderr"
+  local w=$WPID
+  wait_status ro2 running
+  sleep 0.5 # the running UPDATE has long committed or been skipped
+  assert_equal "$(db_field ro2 status),$(db_field ro2 exit_code),$(db_field ro2 started_at)" "failed,99,"
+  wait "$w"
+  # The final UPDATE carries the start fields, so the row is complete all the same.
+  assert_final ro2 completed 0 null
+  assert_equal "$(db_field ro2 pid)" "$(field ro2 pid)"
+  assert_equal "$(db_field ro2 started_at)" "$(field ro2 started_at)"
+  assert_equal "$(db_field ro2 boot_id)" "$(field ro2 boot_id)"
+  [ ! -s "$BATS_TEST_TMPDIR/stderr" ] # no warning: a final row is not a missing row
 }
 
 @test "database locked longer than the timeout: state file final, db=locked, warning" {
@@ -243,8 +264,9 @@ tmux_test() { # kill-session|kill-server
   mkdir -p "$BASE/jobs"
   mount -t tmpfs -o size=64k,nr_inodes=64 tmpfs "$BASE/jobs"
   add_row fd1
-  # The job fills the blocks and then the inodes (tmpfs may free a page later; no inode comes back).
-  run -0 --separate-stderr wrapper fd1 sh -c "sleep 0.3; cd '$BASE/jobs'; cat /dev/zero >filler 2>/dev/null; i=0; while true >fill\$i; do i=\$((i + 1)); done 2>/dev/null; exit 0"
+  # Once the running state is written (up to 10 s on a loaded machine), the job fills the blocks
+  # and then the inodes (tmpfs may free a page later; no inode comes back).
+  run -0 --separate-stderr wrapper fd1 sh -c "cd '$BASE/jobs'; n=0; while [ ! -e fd1.status ] && [ \$n -lt 200 ]; do sleep 0.05; n=\$((n + 1)); done; cat /dev/zero >filler 2>/dev/null; i=0; while true >fill\$i; do i=\$((i + 1)); done 2>/dev/null; exit 0"
   local st
   st=$(field fd1 status) || { umount "$BASE/jobs"; false; }
   # The first final write needs a new inode and fails: reported, the running state kept. The
