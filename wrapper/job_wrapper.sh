@@ -71,7 +71,9 @@ start_timer() { # after the grace period, SIGKILL whatever is left of the job's 
     trap 'kill "$s" 2>/dev/null; exit 3' TERM
     sleep "$grace" &
     s=$!
-    wait "$s" && signal_group KILL "$job_pid"
+    # Once the grace is over, a late TERM from the wrapper must not turn a kill that happened
+    # into "no forced kill": stop listening before sending it.
+    wait "$s" && { trap '' TERM; signal_group KILL "$job_pid"; }
   ) &
   timer_pid=$!
 }
@@ -169,7 +171,7 @@ boot_id=
 case $boot_id in *[!0123456789abcdef-]*) boot_id= ;; esac
 
 status='' exit_code='' started_at='' started_epoch='' completed_at='' completed_epoch='' proc_start=''
-forced_kill=false db_state=pending db_detail='' dir_unsynced=''
+forced_kill=false db_state=pending db_detail='' dir_sync_pid=''
 
 # --- the state file ---------------------------------------------------------------------------
 # Written to a temp file of this wrapper's own (pid in the name), read back, flushed, renamed
@@ -178,7 +180,7 @@ forced_kill=false db_state=pending db_detail='' dir_unsynced=''
 # writer (the id is claimed with O_EXCL at start) and rename(2) is atomic, so no lock is needed:
 # there is no lock descriptor for the job to inherit, no lock to time out, and nothing to fall
 # back from where flock(1) is missing.
-write_state() { # [running]; writes through the temp file $wtmp
+write_state() { # [running|final|annotate]; writes through the temp file $wtmp
   jstr "$status"; t_status=$tok
   jnum "$exit_code"; t_exit=$tok
   jstr "$sig_name"; t_sig=$tok
@@ -197,13 +199,16 @@ write_state() { # [running]; writes through the temp file $wtmp
   back=
   if { printf '%s\n' "$json" >"$wtmp"; } 2>/dev/null &&
     { read -r back <"$wtmp"; } 2>/dev/null && [ "$back" = "$json" ] &&
-    { sync -- ${dir_unsynced:+"$dir_unsynced"} "$wtmp" || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
-    # The running state's directory flush rides with the next write's flush (one process less);
-    # every final state is flushed at once.
-    case $1 in
-      running) dir_unsynced=$jobs_dir ;;
-      annotate) ;;
-      *) sync -- "$jobs_dir" 2>/dev/null; dir_unsynced='' ;;
+    { sync -- "$wtmp" || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
+    # The directory is flushed after a final state: in the background while the database is
+    # waited for (the wrapper waits for it before exiting). The running state needs no flush of
+    # its own (the final one's covers the directory; a crash before it finds no file or the
+    # complete running JSON), nor does the rewrite that only adds the database outcome to a
+    # final state already flushed (a crash finds one or the other).
+    case ${1:-} in
+      running | annotate) ;;
+      final) sync -- "$jobs_dir" 2>/dev/null & dir_sync_pid=$! ;;
+      *) sync -- "$jobs_dir" 2>/dev/null ;;
     esac
     return 0
   fi
@@ -434,8 +439,9 @@ completed_at=$now_iso completed_epoch=$now_epoch
 sql_text "$sig_name"; s_sig=$tok
 db_start "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}, $start_set"
 db_state=pending db_detail=''
-write_state
+write_state final
 db_finish
 wtmp=$dbout # reuse the outcome file as the last temp file: no extra process to remove it
 write_state annotate
+[ -z "$dir_sync_pid" ] || wait "$dir_sync_pid" 2>/dev/null
 exit "$exit_code"
