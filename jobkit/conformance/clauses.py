@@ -64,8 +64,7 @@ async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: flo
 # --- W: the wrapper ---------------------------------------------------------------------------
 @clause("W-1", "exit 0 is recorded completed/0 in the database and the state file; the wrapper exits 0", "2")
 async def w1(ctx: Ctx) -> None:
-    job = ctx.new_id("ok")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("ok")
     r = await ctx.run(job, ["sh", "-c", "exit 0"])
     assert r.exit_status == 0, f"wrapper exit {r.exit_status}"
     st = await final_in_both(ctx, job, "completed", 0)
@@ -75,8 +74,7 @@ async def w1(ctx: Ctx) -> None:
 
 @clause("W-2", "exit N is recorded failed/N in both stores; the wrapper exits N", "2")
 async def w2(ctx: Ctx) -> None:
-    job = ctx.new_id("exit")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("exit")
     r = await ctx.run(job, ["sh", "-c", "exit 3"])
     assert r.exit_status == 3, f"wrapper exit {r.exit_status}"
     await final_in_both(ctx, job, "failed", 3)
@@ -85,8 +83,7 @@ async def w2(ctx: Ctx) -> None:
 @clause("W-3", "the job runs in the background in its own process group: TERM to the wrapper leaves no process "
                "of the job's group within 2 s and both stores say failed/143", "1")
 async def w3(ctx: Ctx) -> None:
-    job = ctx.new_id("term")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("term")
     wpid = await ctx.start_tmux(job, ["sleep", "100"])
     st = await ctx.wait_state(job, ("running",))
     pgid = int(st.get("pgid") or st.get("pid") or 0)
@@ -108,8 +105,7 @@ SIGNALS = [("HUP", 1), ("INT", 2), ("QUIT", 3), ("TERM", 15), ("USR1", 10), ("US
 async def w4(ctx: Ctx) -> None:
     jobs = []
     for name, n in SIGNALS:
-        job = ctx.new_id(f"sig{name.lower()}")
-        await ctx.insert_row(job)
+        job = await ctx.new_job(f"sig{name.lower()}")
         wpid = await ctx.start_tmux(job, ["sleep", "100"])
         jobs.append((job, wpid, name, n))
     for job, wpid, name, _ in jobs:
@@ -122,8 +118,7 @@ async def w4(ctx: Ctx) -> None:
 
 @clause("W-5", "tmux kill-session on the job's session is recorded failed, never completed, no survivors", "3")
 async def w5(ctx: Ctx) -> None:
-    job = ctx.new_id("ksess")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("ksess")
     await ctx.start_tmux(job, ["sleep", "100"])
     st = await ctx.wait_state(job, ("running",))
     async with await inject(Fault.KILL_TMUX_SESSION, ctx.host, job_id=job):
@@ -136,8 +131,7 @@ async def w5(ctx: Ctx) -> None:
 
 @clause("W-6", "tmux kill-server is recorded failed, never completed", "3")
 async def w6(ctx: Ctx) -> None:
-    job = ctx.new_id("kserv")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("kserv")
     await ctx.start_tmux(job, ["sleep", "100"])
     await ctx.wait_state(job, ("running",))
     async with await inject(Fault.KILL_TMUX_SERVER, ctx.host):
@@ -148,8 +142,7 @@ async def w6(ctx: Ctx) -> None:
 
 @clause("W-7", "a job that ignores TERM is killed (SIGKILL to its group) after the grace period", "6")
 async def w7(ctx: Ctx) -> None:
-    job = ctx.new_id("ign")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("ign")
     wpid = await ctx.start_tmux(job, ["sh", "-c", "trap '' TERM; sleep 100"])
     st = await ctx.wait_state(job, ("running",))
     await asyncio.sleep(0.3)
@@ -163,8 +156,7 @@ async def w7(ctx: Ctx) -> None:
 @clause("W-8", "at start the wrapper records pid, process group, process start time (/proc field 22) and the "
                "kernel boot id, and ISO 8601 UTC times with epoch seconds", "7, 18")
 async def w8(ctx: Ctx) -> None:
-    job = ctx.new_id("facts")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("facts")
     await ctx.start(job, ["sleep", "3"])
     st = await ctx.wait_state(job, ("running",))
     pid = st.get("pid")
@@ -183,8 +175,7 @@ async def w8(ctx: Ctx) -> None:
 @clause("W-9", "a reader never sees a partial state file: polled all through a job's life it is always one "
                "complete JSON object", "11")
 async def w9(ctx: Ctx) -> None:
-    job = ctx.new_id("atomic")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("atomic")
     f = f"{ctx.b}/jobs/{job}.status"
     # a poller on the host reads the file as fast as it can while the job starts and ends
     poll = (f"i=0; end=$(( $(date +%s) + 6 )); while [ $(date +%s) -lt $end ]; do "
@@ -203,8 +194,7 @@ async def w9(ctx: Ctx) -> None:
 @clause("W-10", "database held by another connection for 3 s while the job ends: the row still lands "
                 "(busy timeout >= 5 s, retries)", "9")
 async def w10(ctx: Ctx) -> None:
-    job = ctx.new_id("lock3")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("lock3")
     inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=3)
     try:
         await ctx.run(job, ["true"], timeout=60)
@@ -216,8 +206,7 @@ async def w10(ctx: Ctx) -> None:
 @clause("W-11", "database locked longer than the wrapper's timeout: the state file is still final and a warning "
                 "is written to stderr", "9")
 async def w11(ctx: Ctx) -> None:
-    job = ctx.new_id("lock9")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("lock9")
     inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=8)
     try:
         r = await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000", "JOBKIT_DB_RETRIES": "2"}, timeout=60)
@@ -233,9 +222,7 @@ async def w11(ctx: Ctx) -> None:
 
 async def _db_fault_clause(ctx: Ctx, fault: Fault | None, tag: str, prepare: str = "") -> None:
     job = ctx.new_id(tag)
-    if fault is None:  # the row is missing: nothing inserted
-        pass
-    else:
+    if fault is not None:  # otherwise the row is missing: nothing inserted
         await ctx.insert_row(job)
     inj = await inject(fault, ctx.host) if fault is not None else None
     try:
@@ -274,8 +261,7 @@ async def w14(ctx: Ctx) -> None:
 
 @clause("W-15", "sqlite3 is not on PATH: state file final, warning", "10")
 async def w15(ctx: Ctx) -> None:
-    job = ctx.new_id("nosql")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("nosql")
     async with await inject(Fault.MISSING_SQLITE3, ctx.host) as inj:
         r = await ctx.run(job, ["sh", "-c", "exit 4"], env=inj.env)
     assert r.exit_status == 4, f"wrapper exit {r.exit_status}"
@@ -288,8 +274,7 @@ async def w15(ctx: Ctx) -> None:
 @clause("W-16", "full disk under the state directory: the state file is never left partial or empty", "12")
 async def w16(ctx: Ctx) -> None:
     need(ctx, Fault.FULL_DISK)
-    job = ctx.new_id("full")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("full")
     async with await inject(Fault.FULL_DISK, ctx.host):
         await ctx.run(job, ["true"])
         raw = await ctx.state_raw(job)
@@ -318,8 +303,7 @@ async def w17(ctx: Ctx) -> None:
 
 @clause("W-18", "every JSON string in the state file is escaped: hostile user names round-trip", "16")
 async def w18(ctx: Ctx) -> None:
-    job = ctx.new_id("esc")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("esc")
     weird = 'q"u\\o\tte\x01$(x)é'
     await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
     raw = await ctx.state_raw(job)
@@ -334,9 +318,7 @@ async def w18(ctx: Ctx) -> None:
 @clause("W-19", "the job inherits no descriptor on the wrapper's files or locks, and a long job never blocks "
                 "another job's state writes", "14, 15")
 async def w19(ctx: Ctx) -> None:
-    long_job, short_job = ctx.new_id("long"), ctx.new_id("short")
-    await ctx.insert_row(long_job)
-    await ctx.insert_row(short_job)
+    long_job, short_job = await ctx.new_job("long"), await ctx.new_job("short")
     await ctx.start(long_job, ["sleep", "30"])
     st = await ctx.wait_state(long_job, ("running",))
     # descriptors 0-2 are the job's own output (redirected by the suite); anything else is inherited
@@ -354,8 +336,7 @@ async def w19(ctx: Ctx) -> None:
 
 @clause("W-20", "timestamps are recorded without `date -I` (a date(1) that lacks it)", "18")
 async def w20(ctx: Ctx) -> None:
-    job = ctx.new_id("noiso")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("noiso")
     async with await inject(Fault.NO_DATE_ISO, ctx.host) as inj:
         await ctx.run(job, ["true"], env=inj.env)
     st = await ctx.state(job)
@@ -367,8 +348,7 @@ async def w20(ctx: Ctx) -> None:
 
 @clause("W-21", "the wrapper is POSIX sh: run by the host's /bin/sh it records a clean job", "18")
 async def w21(ctx: Ctx) -> None:
-    job = ctx.new_id("posix")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("posix")
     r = await ctx.run(job, ["sh", "-c", "exit 0"], via="/bin/sh")
     assert r.exit_status == 0, f"/bin/sh {ctx.wrapper_abs}: exit {r.exit_status}: {r.stderr[-300:]}"
     await final_in_both(ctx, job, "completed", 0)
@@ -385,8 +365,7 @@ async def w22(ctx: Ctx) -> None:
 
 @clause("W-23", "a job id already used is refused and the first record kept", "16", must=False)
 async def w23(ctx: Ctx) -> None:
-    job = ctx.new_id("dup")
-    await ctx.insert_row(job)
+    job = await ctx.new_job("dup")
     await ctx.run(job, ["true"])
     first = await ctx.state_raw(job)
     r = await ctx.run(job, ["sh", "-c", "exit 9"])

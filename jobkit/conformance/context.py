@@ -55,6 +55,12 @@ class Ctx:
         self.ids.append(job)
         return job
 
+    async def new_job(self, tag: str) -> str:
+        """A fresh id with its row inserted, as a client does before launching the wrapper."""
+        job = self.new_id(tag)
+        await self.insert_row(job)
+        return job
+
     def env(self, extra: dict[str, str] | None = None) -> str:
         env = {"JOBKIT_BASE_DIR": self.base_abs, "JOBKIT_KILL_GRACE": str(self.grace), **(extra or {})}
         return " ".join(argv_to_sh([f"{k}={v}"]) for k, v in env.items())

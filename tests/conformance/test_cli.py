@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 
 from jobkit import cli
-from jobkit.lab import Lab, LabHost
+from jobkit.lab import LabHost
 from tests.broken_wrappers import BUGS, write
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local() -> Iterator[LabHost]:
-    with Lab() as lab:
-        yield lab.start("local")
 
-
-def test_a_real_host_by_ssh_url_and_the_four_reports(local: LabHost, tmp_path: Path,
+def test_a_real_host_by_ssh_url_and_the_four_reports(local_host: LabHost, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{local.spec.port} {local.spec.known_host_key}\n")
-    url = f"ssh://{local.spec.user}@127.0.0.1:{local.spec.port}"
-    rc = cli.main(["conformance", "--target", url, "--key", str(local.spec.private_key), "--known-hosts", str(known),
-                   "--clause", "W-1", "--clause", "W-17", "--report-dir", str(tmp_path / "r")])
+    known.write_text(f"[127.0.0.1]:{local_host.spec.port} {local_host.spec.known_host_key}\n")
+    url = f"ssh://{local_host.spec.user}@127.0.0.1:{local_host.spec.port}"
+    rc = cli.main(["conformance", "--target", url, "--key", str(local_host.spec.private_key),
+                   "--known-hosts", str(known), "--clause", "W-1", "--clause", "W-17",
+                   "--report-dir", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "W-17" in out
@@ -40,7 +35,7 @@ def test_a_real_host_by_ssh_url_and_the_four_reports(local: LabHost, tmp_path: P
     assert "<table>" in (tmp_path / "r" / "conformance.html").read_text()
 
 
-def test_a_failing_must_clause_exits_nonzero_with_evidence(local: LabHost, tmp_path: Path,
+def test_a_failing_must_clause_exits_nonzero_with_evidence(local_host: LabHost, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     broken = write(next(b for b in BUGS if b.name == "unescaped_json"), tmp_path)
     rc = cli.main(["conformance", "--target", "local", "--wrapper", str(broken),

@@ -4,7 +4,6 @@ own wrapper passes every clause (on `local` here; on every lab target in test_la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from jobkit import wrapper_dir
 from jobkit.conformance.clauses import CLAUSES
 from jobkit.conformance.runner import FAIL, NA, PASS, Result, TargetSpec, run_target
-from jobkit.lab import Lab, LabHost
+from jobkit.lab import LabHost
 from jobkit.transport_ssh import SSHTransport
 from tests.broken_wrappers import BUGS, write
 
@@ -20,11 +19,6 @@ pytestmark = pytest.mark.slow
 SCHEMA = wrapper_dir() / "server_schema.sql"
 CASES = [(b.name, b.clause) for b in BUGS]
 
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[LabHost]:
-    with Lab() as lab:
-        yield lab.start("local")
 
 
 def check(host: LabHost, wrapper: Path, clause_ids: list[str], base_dir: str) -> list[Result]:
@@ -41,20 +35,20 @@ def check(host: LabHost, wrapper: Path, clause_ids: list[str], base_dir: str) ->
 
 
 @pytest.mark.parametrize(("name", "clause"), CASES, ids=[c[0] for c in CASES])
-def test_each_broken_wrapper_fails_the_clause_that_names_its_bug(local: LabHost, name: str, clause: str,
+def test_each_broken_wrapper_fails_the_clause_that_names_its_bug(local_host: LabHost, name: str, clause: str,
                                                                 tmp_path: Path) -> None:
     path = write(next(b for b in BUGS if b.name == name), tmp_path)
     header = path.read_text().splitlines()[2]
     assert clause in header, "the file says which clause must catch it"
-    broken = check(local, path, [clause], f"~/.conf-{name}")
+    broken = check(local_host, path, [clause], f"~/.conf-{name}")
     assert [(r.clause, r.outcome) for r in broken] == [(clause, FAIL)], broken[0].message
     assert broken[0].evidence, "a failure comes with its evidence"
-    ours = check(local, wrapper_dir() / "job_wrapper.sh", [clause], f"~/.conf-ours-{name}")
+    ours = check(local_host, wrapper_dir() / "job_wrapper.sh", [clause], f"~/.conf-ours-{name}")
     assert [(r.clause, r.outcome) for r in ours] == [(clause, PASS)], ours[0].message
 
 
-def test_our_wrapper_passes_every_clause_on_local(local: LabHost) -> None:
-    results = check(local, wrapper_dir() / "job_wrapper.sh", [c.id for c in CLAUSES], "~/.conf-all")
+def test_our_wrapper_passes_every_clause_on_local(local_host: LabHost) -> None:
+    results = check(local_host, wrapper_dir() / "job_wrapper.sh", [c.id for c in CLAUSES], "~/.conf-all")
     bad = [(r.clause, r.outcome, r.message) for r in results if r.outcome not in (PASS, NA)]
     assert bad == []
     not_applicable = {r.clause for r in results if r.outcome == NA}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -19,15 +18,9 @@ pytestmark = pytest.mark.container
 TARGETS = offline_targets()
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab() as session:
-        yield session
-
-
 @pytest.fixture(params=TARGETS)
-def host(request: pytest.FixtureRequest, lab: Lab) -> LabHost:
-    return lab.start(request.param)
+def host(request: pytest.FixtureRequest, jobkit_lab: Lab) -> LabHost:
+    return jobkit_lab.start(request.param)
 
 
 def test_image_is_the_offline_build_and_rebuilding_it_is_a_noop(host: LabHost) -> None:
@@ -82,7 +75,7 @@ async def test_a_hundred_concurrent_commands_share_one_connection(host: LabHost)
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(100)]
 
 
-def test_containers_of_a_crashed_session_are_reaped(lab: Lab) -> None:
+def test_containers_of_a_crashed_session_are_reaped(jobkit_lab: Lab) -> None:
     client = docker.from_env()
     image = load_manifest()[TARGETS[0]].image
     dead_pid = 4_000_000  # above any pid_max: never alive
@@ -90,8 +83,8 @@ def test_containers_of_a_crashed_session_are_reaped(lab: Lab) -> None:
         "jobkit.lab": "1", "jobkit.lab.session": "crashed", "jobkit.lab.pid": str(dead_pid),
         "jobkit.lab.boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
     })
-    ours = lab.start(TARGETS[0])
-    assert reap_orphans(keep_session=lab.session) >= 1
+    ours = jobkit_lab.start(TARGETS[0])
+    assert reap_orphans(keep_session=jobkit_lab.session) >= 1
     ids = {c.id for c in client.containers.list(all=True, filters={"label": "jobkit.lab=1"})}
     assert orphan.id not in ids
     assert ours.container_id in ids

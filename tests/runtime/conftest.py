@@ -18,15 +18,9 @@ TARGETS = [pytest.param("local", id="local"),
            *(pytest.param(t, id=t, marks=pytest.mark.container) for t in offline_targets())]
 
 
-@pytest.fixture(scope="session")
-def runtime_lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        yield lab
-
-
 @pytest.fixture(params=TARGETS)
-def host(request: pytest.FixtureRequest, runtime_lab: Lab) -> LabHost:
-    return runtime_lab.start(request.param)
+def host(request: pytest.FixtureRequest, jobkit_lab: Lab) -> LabHost:
+    return jobkit_lab.start(request.param)
 
 
 @pytest.fixture

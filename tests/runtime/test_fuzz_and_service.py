@@ -6,14 +6,13 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobkit.lab import Lab, LabHost
+from jobkit.lab import LabHost
 from jobkit.models import JobStatus
 from jobkit.reconcile import ReconcileService, reconcile_host
 from jobkit.runner import submit
@@ -27,11 +26,6 @@ args = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 tricky = st.sampled_from(["$(touch /tmp/pwned-fuzz)", "`id`", "'", '"', "\\", ";", "a b", "\n", "*", "~", "-", "--",
                           "#{pid}", "${HOME}", "é€😀", "\t", "'; DROP TABLE jobs; --"])
 
-
-@pytest.fixture(scope="module")
-def local_host() -> Iterator[LabHost]:
-    with Lab() as lab:
-        yield lab.start("local")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
