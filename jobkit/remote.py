@@ -16,7 +16,3 @@ def base_dir_word(base_dir: str | None) -> str:
         return '"$HOME"/' + shlex.quote(base_dir[2:])
     return shlex.quote(base_dir)
 
-
-def argv_to_sh(argv: list[str]) -> str:
-    """A command line that makes the remote ``sh`` run exactly ``argv``."""
-    return " ".join(shlex.quote(a) for a in argv)

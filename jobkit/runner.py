@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from jobkit.errors import JobkitError, RemoteCommandFailed
 from jobkit.ids import new_id, validate_id
-from jobkit.remote import argv_to_sh, base_dir_word
+from jobkit.remote import base_dir_word
 from jobkit.store import AsyncStore
 from jobkit.transport import Transport
 
@@ -50,8 +50,8 @@ def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict
     validate_id(job_id)
     if not argv:
         raise JobkitError("empty command")
-    extra = "".join(" " + argv_to_sh([f"{k}={v}"]) for k, v in (env or {}).items())
-    static = argv_to_sh([job_id, *argv])
+    extra = "".join(" " + shlex.join([f"{k}={v}"]) for k, v in (env or {}).items())
+    static = shlex.join([job_id, *argv])
     return (
         f"b={base_dir_word(base_dir)}; set -e; "
         f"sqlite3 -batch -bail -cmd '.timeout 5000' \"$b/server.db\" "

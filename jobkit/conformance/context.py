@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobkit.faults import HostHandle
-from jobkit.remote import argv_to_sh
 from jobkit.runner import tmux_new_session
 from jobkit.transport import CommandResult, Transport
 
@@ -63,7 +62,7 @@ class Ctx:
 
     def env(self, extra: dict[str, str] | None = None) -> str:
         env = {"JOBKIT_BASE_DIR": self.base_abs, "JOBKIT_KILL_GRACE": str(self.grace), **(extra or {})}
-        return " ".join(argv_to_sh([f"{k}={v}"]) for k, v in env.items())
+        return shlex.join(f"{k}={v}" for k, v in env.items())
 
     async def insert_row(self, job: str) -> None:
         """The client's INSERT (the suite's harness, not under test): retried while another
@@ -80,18 +79,18 @@ class Ctx:
                   timeout: float = 60.0, redirect: str = "") -> CommandResult:
         """The wrapper in the foreground of an SSH command; ``via`` e.g. ``sh`` to force /bin/sh."""
         return await self.sh(f"b={self.b}; cd \"$b\" && env {self.env(env)} {via} {self.wrapper} "
-                             f"{argv_to_sh([job, *argv])} {redirect}", timeout=timeout)
+                             f"{shlex.join([job, *argv])} {redirect}", timeout=timeout)
 
     async def start(self, job: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
         """The wrapper in the background (signals INT/QUIT arrive ignored: use tmux for those)."""
-        r = await self.sh(f"b={self.b}; cd \"$b\" && env {self.env(env)} {self.wrapper} {argv_to_sh([job, *argv])} "
+        r = await self.sh(f"b={self.b}; cd \"$b\" && env {self.env(env)} {self.wrapper} {shlex.join([job, *argv])} "
                           f">\"$b/.conformance/{job}.out\" 2>&1 </dev/null & echo $!")
         return int(r.stdout.strip())
 
     async def start_tmux(self, job: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
         """The wrapper as production starts it: a detached tmux session (one shell-command string,
         see jobkit.runner); returns the wrapper's pid (the pane's)."""
-        line = f"exec env {self.env(env)} {self.wrapper} {argv_to_sh([job, *argv])}"
+        line = f"exec env {self.env(env)} {self.wrapper} {shlex.join([job, *argv])}"
         r = await self.sh(f"b={self.b}; {tmux_new_session(job, shlex.quote(line))} && "
                           f"tmux -S \"$b/tmux.sock\" display-message -p -t ={job}: '#{{pane_pid}}'")
         if r.exit_status != 0:
