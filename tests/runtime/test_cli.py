@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def local(runtime_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabHost]:
+def local(jobkit_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabHost]:
     monkeypatch.setenv("JOBKIT_HOME", str(tmp_path / "home"))
-    host = runtime_lab.start("local")
+    host = jobkit_lab.start("local")
     return host
 
 

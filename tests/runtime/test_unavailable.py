@@ -21,8 +21,8 @@ B = '"$HOME/.jobkit"'
 
 
 @pytest.fixture(params=TARGETS)
-def own_host(request: pytest.FixtureRequest, runtime_lab: Lab) -> Iterator[LabHost]:
-    host = runtime_lab.start(request.param, fresh=True)
+def own_host(request: pytest.FixtureRequest, jobkit_lab: Lab) -> Iterator[LabHost]:
+    host = jobkit_lab.start(request.param, fresh=True)
     yield host
     host.stop()
 
