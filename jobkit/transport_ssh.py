@@ -2,8 +2,14 @@
 
 One connection per host, reused; reconnected with exponential backoff when it drops; at most
 ``max_sessions`` channels at once (OpenSSH's default ``MaxSessions`` is 10 per connection); the
-server's host key pinned from :attr:`HostSpec.known_host_key`; every call bounded by its
-timeout; every library error translated into :mod:`jobkit.errors`.
+server's host key pinned from :attr:`HostSpec.known_host_key`; every library error translated
+into :mod:`jobkit.errors`.
+
+Every call returns within its timeout plus a few milliseconds, whatever the peer does: when the
+bound fires the channel is closed without waiting for the peer to agree. A background task
+waits (bounded) for the channel to close and only then gives its session slot back; a peer that
+does not close it in time is stalled, and the connection is aborted so that the next call
+reconnects. :meth:`close` is bounded the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +19,19 @@ import time
 
 import asyncssh
 
-from jobkit.errors import HostUnreachable, RemoteCommandFailed, RemoteTimeout, TransportError
+from jobkit.errors import (
+    ConnectionLost,
+    HostUnreachable,
+    RemoteCommandFailed,
+    RemoteTimeout,
+    TransportError,
+)
 from jobkit.hosts import HostSpec
 from jobkit.transport import DEFAULT_TIMEOUT, CommandResult
+
+#: How long an abandoned channel may take to close before its connection is aborted, and how
+#: long close() waits for the connection to close politely.
+CLOSE_GRACE = 2.0
 
 
 def known_hosts_for(spec: HostSpec) -> asyncssh.SSHKnownHosts:
@@ -26,7 +42,10 @@ def known_hosts_for(spec: HostSpec) -> asyncssh.SSHKnownHosts:
             host=spec.name,
         )
     pattern = spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
-    return asyncssh.import_known_hosts(f"{pattern} {spec.known_host_key.strip()}\n")
+    try:
+        return asyncssh.import_known_hosts(f"{pattern} {spec.known_host_key.strip()}\n")
+    except (ValueError, asyncssh.Error) as exc:
+        raise HostUnreachable(f"the pinned host key is not a valid public key: {exc}", host=spec.name) from exc
 
 
 class SSHTransport:
@@ -39,19 +58,35 @@ class SSHTransport:
         max_sessions: int = 8,
         connect_timeout: float = DEFAULT_TIMEOUT,
         max_backoff: float = 4.0,
+        close_grace: float = CLOSE_GRACE,
     ) -> None:
         self.spec = spec
         self._sessions = asyncio.Semaphore(max_sessions)
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
+        self._close_grace = close_grace
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._key: asyncssh.SSHKey | None = None
         self._lock = asyncio.Lock()
         self._failures = 0
         self._next_attempt = 0.0
+        self._reapers: set[asyncio.Task[None]] = set()
 
     @property
     def host_name(self) -> str:
         return self.spec.name
+
+    def _client_key(self) -> asyncssh.SSHKey:
+        if self._key is None:
+            path = self.spec.private_key
+            try:
+                self._key = asyncssh.read_private_key(str(path))
+            except (OSError, ValueError, asyncssh.Error) as exc:
+                why = str(exc) or type(exc).__name__
+                if "assphrase" in why:
+                    why = "it is passphrase-protected (use an unencrypted key)"
+                raise HostUnreachable(f"cannot use the private key {path}: {why}", host=self.spec.name) from exc
+        return self._key
 
     async def _connection(self, deadline: float) -> asyncssh.SSHClientConnection:
         async with self._lock:
@@ -67,14 +102,15 @@ class SSHTransport:
                     )
                 await asyncio.sleep(wait)
             timeout = max(0.1, min(self._connect_timeout, deadline - time.monotonic()))
+            key, known = self._client_key(), known_hosts_for(self.spec)
             try:
                 self._conn = await asyncio.wait_for(
                     asyncssh.connect(
                         self.spec.address,
                         self.spec.port,
                         username=self.spec.user,
-                        client_keys=[str(self.spec.private_key)],
-                        known_hosts=known_hosts_for(self.spec),
+                        client_keys=[key],
+                        known_hosts=known,
                         agent_path=None,
                         config=None,
                         keepalive_interval=15,
@@ -85,8 +121,8 @@ class SSHTransport:
             except TimeoutError as exc:
                 self._note_failure()
                 raise RemoteTimeout(f"SSH connection not established within {timeout:.1f}s",
-                                    host=self.spec.name) from exc
-            except (OSError, asyncssh.Error) as exc:
+                                    host=self.spec.name, sent=False) from exc
+            except (OSError, asyncssh.Error, ValueError) as exc:
                 self._note_failure()
                 raise HostUnreachable(f"cannot connect: {exc}", host=self.spec.name) from exc
             self._failures = 0
@@ -108,20 +144,46 @@ class SSHTransport:
     ) -> CommandResult:
         start = time.monotonic()
         deadline = start + timeout
+        held = False  # this call holds a session slot
+        closed = False  # the channel is fully closed
+        process: asyncssh.SSHClientProcess[str] | None = None
+        conn: asyncssh.SSHClientConnection | None = None
         try:
             async with asyncio.timeout(timeout):
-                async with self._sessions:
-                    proc = await self._run_channel(command, stdin, deadline)
+                await self._sessions.acquire()
+                held = True
+                conn, process = await self._open(command, deadline)
+                # always end stdin: a command that reads it (the probe's awk) must never wait
+                # for an EOF that asyncssh only sends with non-empty input
+                if stdin:
+                    process.stdin.write(stdin)
+                process.stdin.write_eof()
+                raw_out, raw_err = await process.communicate()
+                closed = True
+                status = _exit_status(process.exit_status, process.exit_signal)
+                out, err = _text(raw_out), _text(raw_err)
         except TimeoutError as exc:
-            raise RemoteTimeout(f"no answer within {timeout:g}s", host=self.spec.name,
-                                command=command) from exc
+            raise RemoteTimeout(f"no answer within {timeout:g}s", host=self.spec.name, command=command,
+                                sent=process is not None) from exc
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
-            await self._drop()
-            raise HostUnreachable(f"connection lost: {exc}", host=self.spec.name,
+            self._drop(conn)
+            if process is None:
+                raise HostUnreachable(f"connection lost: {exc}", host=self.spec.name, command=command) from exc
+            raise ConnectionLost(f"connection lost: {exc}", host=self.spec.name, command=command) from exc
+        except asyncssh.ChannelOpenError as exc:
+            raise HostUnreachable(f"the server refused a session: {exc}", host=self.spec.name,
                                   command=command) from exc
         except asyncssh.Error as exc:
-            raise TransportError(f"SSH error: {exc}", host=self.spec.name, command=command) from exc
-        status, out, err = proc
+            raise TransportError(f"SSH error: {exc}", host=self.spec.name, command=command,
+                                 sent=process is not None) from exc
+        finally:
+            if held:
+                self._release(process, conn, closed)
+        if status is None:
+            # the channel closed without an exit status: the session or the connection died
+            self._drop(conn)
+            raise ConnectionLost("connection lost before the command's exit status arrived",
+                                 host=self.spec.name, command=command, stdout=out, stderr=err)
         result = CommandResult(command=command, exit_status=status, stdout=out, stderr=err,
                                elapsed=time.monotonic() - start)
         if check and result.exit_status != 0:
@@ -131,47 +193,78 @@ class SSHTransport:
             )
         return result
 
-    async def _run_channel(self, command: str, stdin: str | None, deadline: float) -> tuple[int, str, str]:
-        """One channel, held (and counted against MaxSessions) until it is fully closed; a
-        refused channel open (the server's session limit) is retried until the deadline."""
+    async def _open(self, command: str, deadline: float) -> tuple[asyncssh.SSHClientConnection,
+                                                                   asyncssh.SSHClientProcess[str]]:
+        """A channel running ``command``; a refused channel open (the server's session limit)
+        is retried until the deadline."""
         delay = 0.02
         while True:
             conn = await self._connection(deadline)
             try:
                 process = await conn.create_process(command, encoding="utf-8", errors="replace")
-                break
+                return conn, process
             except asyncssh.ChannelOpenError:
                 if time.monotonic() + delay >= deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
-        try:
-            out, err = await process.communicate(stdin)
-            status = _exit_status(process.exit_status, process.exit_signal)
-        finally:
-            process.close()
-            await process.wait_closed()
-        return status, _text(out), _text(err)
 
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+    def _release(self, process: asyncssh.SSHClientProcess[str] | None,
+                 conn: asyncssh.SSHClientConnection | None, closed: bool) -> None:
+        """Give the session slot back once the channel is closed; never make the caller wait."""
+        if process is None or closed:
+            self._sessions.release()
+            return
+        process.close()
+        task = asyncio.get_running_loop().create_task(self._reap(process, conn))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    async def _reap(self, process: asyncssh.SSHClientProcess[str],
+                    conn: asyncssh.SSHClientConnection | None) -> None:
+        try:
+            await asyncio.wait_for(process.wait_closed(), self._close_grace)
+        except (TimeoutError, asyncssh.Error, OSError, asyncio.CancelledError):
+            # the peer did not close the channel: it is stalled (a paused host); abort the
+            # connection so every channel on it is freed and the next call reconnects
+            self._drop(conn, abort=True)
+        finally:
+            self._sessions.release()
+
+    def _drop(self, conn: asyncssh.SSHClientConnection | None, *, abort: bool = False) -> None:
+        if conn is None:
+            return
+        if self._conn is conn:
+            self._conn = None
+        if abort:
+            conn.abort()
+        else:
             conn.close()
 
     async def close(self) -> None:
+        """Close the connection; bounded: a stalled peer gets its connection aborted."""
+        for task in list(self._reapers):
+            task.cancel()
+        if self._reapers:
+            await asyncio.gather(*self._reapers, return_exceptions=True)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-            await conn.wait_closed()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), self._close_grace)
+            except (TimeoutError, asyncssh.Error, OSError):
+                conn.abort()
 
 
-def _exit_status(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int:
+def _exit_status(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int | None:
+    """The shell's view of how the command ended, or None when the channel closed without
+    saying (the session or the connection died)."""
     if exit_status is not None and exit_status >= 0:
         return exit_status
-    # killed by a signal: report it the way a shell would (128 + n)
-    names = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "SEGV": 11, "PIPE": 13, "TERM": 15}
-    signal = exit_signal[0] if exit_signal else None
-    return 128 + names.get(str(signal), 0) if signal else 255
+    if exit_signal:  # killed by a signal: report it the way a shell would (128 + n)
+        names = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "SEGV": 11, "PIPE": 13, "TERM": 15}
+        return 128 + names.get(str(exit_signal[0]), 0)
+    return None
 
 
 def _text(data: str | bytes | None) -> str:

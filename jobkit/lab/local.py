@@ -270,6 +270,28 @@ class LocalTarget:
             raise RuntimeError("not started with start_in_thread()")
         return asyncio.run_coroutine_threadsafe(_call(fn), self._loop).result(timeout=30)
 
+    def pause(self, limit: float = 60.0) -> None:
+        """Freeze the host, as ``docker pause`` does to a container: the server's event loop
+        stops (no byte is read or written on any connection, no channel closes) until
+        :meth:`resume`, or ``limit`` seconds at most so a failed test cannot hang forever."""
+        if self._loop is None:
+            raise RuntimeError("not started with start_in_thread()")
+        resume, frozen = threading.Event(), threading.Event()
+        self._resume_event = resume
+
+        def block() -> None:
+            frozen.set()
+            resume.wait(limit)
+
+        self._loop.call_soon_threadsafe(block)
+        if not frozen.wait(10):
+            raise RuntimeError("the local target's loop did not freeze")
+
+    def resume(self) -> None:
+        event = getattr(self, "_resume_event", None)
+        if event is not None:
+            event.set()
+
     def stop_in_thread(self) -> None:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
