@@ -21,9 +21,12 @@ setup_base() {
 }
 
 # hold_db SECONDS: an exclusive transaction on server.db from another connection
-hold_db() { printf 'BEGIN EXCLUSIVE;\nUPDATE jobs SET host = host;\n.system sleep %s\nCOMMIT;\n' "$1" | sqlite3 "$BASE/server.db" >/dev/null; }
+hold_db() { printf 'BEGIN EXCLUSIVE;\nUPDATE jobs SET host = host;\n.system sleep %s\nCOMMIT;\n' "$1" | sql >/dev/null; }
 
-add_row() { sqlite3 "$BASE/server.db" "INSERT INTO jobs (id) VALUES ('$1')"; }
+# sql ARGS...: sqlite3 on the test's server.db with a busy timeout (a wrapper may be writing it)
+sql() { sqlite3 -cmd '.timeout 5000' "$BASE/server.db" "$@"; }
+
+add_row() { sql "INSERT INTO jobs (id) VALUES ('$1')"; }
 
 # Run the wrapper with the shell under test, its signals at their defaults as tmux and sshd
 # start it: a background process of a non-interactive shell starts with INT and QUIT ignored,
@@ -42,7 +45,7 @@ start_wrapper() {
 state_file() { printf '%s/jobs/%s.status' "$BASE" "$1"; }
 # jq -e fails on anything but one complete JSON document
 field() { jq -er ".$2 | if . == null then \"null\" else tostring end" "$(state_file "$1")"; }
-db_field() { sqlite3 "$BASE/server.db" "SELECT $2 FROM jobs WHERE id = '$1'"; }
+db_field() { sql "SELECT $2 FROM jobs WHERE id = '$1'"; }
 
 # wait_status ID STATUS [SECONDS]: poll the state file until its status is STATUS
 wait_status() {

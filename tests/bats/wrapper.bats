@@ -155,7 +155,7 @@ tmux_test() { # kill-session|kill-server
 @test "the running UPDATE never writes over a final row (it may commit after the final one)" {
   # The final UPDATE does not wait for the running one. Stand in for a final UPDATE that won the
   # race: the row is already final when the running UPDATE comes.
-  sqlite3 "$BASE/server.db" "INSERT INTO jobs (id, status, exit_code) VALUES ('ro2', 'failed', 99)"
+  sql "INSERT INTO jobs (id, status, exit_code) VALUES ('ro2', 'failed', 99)"
   start_wrapper ro2 sleep 1.5 2>"$BATS_TEST_TMPDIR/stderr"
   local w=$WPID
   wait_status ro2 running
@@ -206,7 +206,7 @@ tmux_test() { # kill-session|kill-server
 
 @test "database without the jobs table: db=wrong_schema" {
   rm "$BASE/server.db"*
-  sqlite3 "$BASE/server.db" "CREATE TABLE other (x)"
+  sql "CREATE TABLE other (x)"
   run -0 --separate-stderr wrapper ds1 true
   assert_equal "$(field ds1 db)" wrong_schema
   [[ $stderr == *"db=wrong_schema"* ]]
@@ -217,7 +217,7 @@ tmux_test() { # kill-session|kill-server
   assert_equal "$(field nr1 status)" completed
   assert_equal "$(field nr1 db)" no_row
   [[ $stderr == *"db=no_row"* ]]
-  assert_equal "$(sqlite3 "$BASE/server.db" 'SELECT count(*) FROM jobs')" 0
+  assert_equal "$(sql 'SELECT count(*) FROM jobs')" 0
 }
 
 @test "sqlite3 not on PATH: db=no_sqlite3, state file final" {
@@ -300,7 +300,7 @@ tmux_test() { # kill-session|kill-server
 
 @test "100 jobs finishing at once on one database: 100/100 rows and files final" {
   local i
-  for i in $(seq 1 100); do echo "INSERT INTO jobs (id) VALUES ('many-$i');"; done | sqlite3 "$BASE/server.db"
+  for i in $(seq 1 100); do echo "INSERT INTO jobs (id) VALUES ('many-$i');"; done | sql
   local go=$BATS_TEST_TMPDIR/go pids=()
   for i in $(seq 1 100); do
     wrapper "many-$i" sh -c "while [ ! -e '$go' ]; do sleep 0.05; done; exit $((i % 3))" >/dev/null 2>&1 &
@@ -311,8 +311,8 @@ tmux_test() { # kill-session|kill-server
   while (($(count_status) < 100)) && ((SECONDS < deadline)); do sleep 0.1; done
   touch "$go"
   for i in "${pids[@]}"; do wait "$i" || true; done
-  assert_equal "$(sqlite3 "$BASE/server.db" "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed')")" 100
-  assert_equal "$(sqlite3 "$BASE/server.db" "SELECT count(*) FROM jobs WHERE exit_code = CAST(substr(id, 6) AS INTEGER) % 3")" 100
+  assert_equal "$(sql "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed')")" 100
+  assert_equal "$(sql "SELECT count(*) FROM jobs WHERE exit_code = CAST(substr(id, 6) AS INTEGER) % 3")" 100
   local final=0
   for i in $(seq 1 100); do
     [ "$(field "many-$i" exit_code)" = $((i % 3)) ] && [ "$(field "many-$i" db)" = ok ] && final=$((final + 1))
@@ -332,7 +332,7 @@ tmux_test() { # kill-session|kill-server
     "$(printf 'a%.0s' $(seq 1 65))" "$(printf 'a\nb')" 'a b' 'é' 'x/y' '.hidden' 'a*')
   rm -f /tmp/pwned
   local before
-  before=$(sqlite3 "$BASE/server.db" .dump)
+  before=$(sql .dump)
   local id
   for id in "${ids[@]}"; do
     run -65 wrapper "$id" touch "$BATS_TEST_TMPDIR/ran"
@@ -340,7 +340,7 @@ tmux_test() { # kill-session|kill-server
   [ ! -e "$BATS_TEST_TMPDIR/ran" ]
   [ ! -e /tmp/pwned ]
   [ ! -e "$BASE/jobs" ]
-  assert_equal "$(sqlite3 "$BASE/server.db" .dump)" "$before"
+  assert_equal "$(sql .dump)" "$before"
   # the longest valid id is accepted
   local long
   long=$(printf 'b%.0s' $(seq 1 64))
