@@ -351,24 +351,45 @@ fi
 # Async lists ignore INT and QUIT in a shell without job control: restore them for the job.
 # If the shell already made it a group leader, setsid would fork and $! would lie. No redirection
 # on the subshell itself: yash forks twice for `( ... ) <file &` and $! would name the outer one.
+# The job's argv is exec'd literally whatever its first word looks like (FOO=1, -i, --, -): it
+# always follows a program that execs its operands as given (setsid after `--`, perl's exec
+# LIST), never env(1) (GNU env takes NAME=VALUE operands as assignments even after `--`) and
+# never a bare `exec` before an option-like word (bash, zsh, ksh, yash, mksh and BusyBox ash
+# parse options of exec; dash and posh take `--` for the command).
 (
   trap - HUP INT QUIT PIPE TERM USR1 USR2
   read -r self_pid _ _ _ self_pgrp _ </proc/self/stat 2>/dev/null
   # dash and BusyBox ash give async lists SIGINT/SIGQUIT ignored for good (`trap -` cannot undo
   # it): restore them with env(1) or perl where either can, so the job can be interrupted.
-  ign=''
+  restore='' ign=''
   while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
   case ${ign#"${ign%?}"} in
     [234567abcdef])
       if env --default-signal=INT,QUIT >/dev/null 2>&1; then # GNU env >= 8.31 (prints the env)
-        set -- env --default-signal=INT,QUIT "$@"
+        restore=gnu_env
       elif command -v perl >/dev/null 2>&1; then
-        # shellcheck disable=SC2016 # perl code
-        set -- perl -e '$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\n"' "$@"
+        restore=perl
       fi ;;
   esac
-  if [ -n "$self_pid" ] && [ "$self_pid" = "$self_pgrp" ]; then exec "$@" </dev/null; fi
-  exec setsid "$@" </dev/null
+  # shellcheck disable=SC2016 # perl code
+  perl_exec='$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV;
+    print STDERR "$ARGV[0]: $!\n"; exit($!{ENOENT} ? 127 : 126)'
+  if [ -n "$self_pid" ] && [ "$self_pid" = "$self_pgrp" ]; then
+    # Already a group leader (job control): exec in place. Only perl can restore the signals
+    # here (env cannot exec an argv literally); with job control they are not ignored anyway.
+    [ "$restore" != perl ] || exec perl -e "$perl_exec" -- "$@" </dev/null
+    case $1 in
+      -*) # `exec --` where exec parses options (probed without PATH: a program named -- must not answer)
+        # shellcheck disable=SC2123,SC3038 # deliberately no PATH; exec -- only where it is accepted
+        (PATH=/nonexistent; exec -- /bin/sh -c :) 2>/dev/null && exec -- "$@" </dev/null ;;
+    esac
+    exec "$@" </dev/null
+  fi
+  case $restore in
+    gnu_env) exec env --default-signal=INT,QUIT -- setsid -- "$@" </dev/null ;;
+    perl) exec perl -e "$perl_exec" -- setsid -- "$@" </dev/null ;;
+  esac
+  exec setsid -- "$@" </dev/null
 ) &
 job_pid=$!
 [ -z "$sig_name" ] || { signal_group "$sig_name" "$job_pid" || kill -s "$sig_name" "$job_pid"; start_timer; } 2>/dev/null

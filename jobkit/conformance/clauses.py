@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -372,6 +373,43 @@ async def w23(ctx: Ctx) -> None:
     assert r.exit_status not in (0, 9), f"second use of the id ran (exit {r.exit_status})"
     assert await ctx.state_raw(job) == first, "the first record was overwritten"
 
+
+
+ARGV_WORDS = ["FOO=1", "-i", "--", "-", "--json"]
+# a program that records its arguments and whether the environment arrived intact
+ARGV_PROG = ("#!/bin/sh\n{ printf 'arg:%s\\n' \"$@\"; printf 'env:%s\\n' \"${JOBKIT_ARGV_MARK:-missing}\"; } "
+             ">\"$JOBKIT_ARGV_OUT\"\n")
+
+
+@clause("W-24", "the command's argv reaches exec untouched whatever its first word looks like (NAME=value, -i, "
+                "--, -)", "16, 18")
+async def w24(ctx: Ctx) -> None:
+    d = f"{ctx.base_abs}/.conformance/argv-bin"
+    names = " ".join(shlex.quote(w) for w in ARGV_WORDS)
+    r = await ctx.sh(f"d={shlex.quote(d)}; mkdir -p \"$d\" && cat >\"$d/.prog\" && chmod 755 \"$d/.prog\" && "
+                     f"for n in {names}; do cp -- \"$d/.prog\" \"$d/$n\" || exit 1; done; printf '%s' \"$PATH\"",
+                     stdin=ARGV_PROG)
+    assert r.exit_status == 0, f"could not create the programs: {r.stderr}"
+    path = f"{d}:{r.stdout.strip().splitlines()[-1] if r.stdout.strip() else '/usr/bin:/bin'}"
+    args = ["a b", "-x", "Y=2", ""]
+    want = "".join(f"arg:{a}\n" for a in args) + "env:intact\n"
+    for word in ARGV_WORDS:
+        job = await ctx.new_job("argv")
+        out = f"{ctx.base_abs}/.conformance/{job}.argv"
+        r = await ctx.run(job, [word, *args], env={"PATH": path, "JOBKIT_ARGV_MARK": "intact",
+                                                   "JOBKIT_ARGV_OUT": out})
+        got = await ctx.sh(f"cat {shlex.quote(out)} 2>/dev/null || echo '(the program did not run)'")
+        assert got.stdout == want, (f"first word {word!r}: the program {word!r} got {got.stdout!r} instead of "
+                                    f"{want!r} (wrapper exit {r.exit_status}: {r.stderr.strip()[-300:]})")
+        assert r.exit_status == 0, f"first word {word!r}: wrapper exit {r.exit_status}"
+        await final_in_both(ctx, job, "completed", 0)
+    job = await ctx.new_job("argv")  # no program FOO=1: not an assignment but a command not found
+    ran = f"{ctx.base_abs}/.conformance/{job}.ran"
+    r = await ctx.run(job, ["FOO=1", "touch", ran])
+    gone = await ctx.sh(f"test -e {shlex.quote(ran)} && echo ran || echo absent")
+    assert "absent" in gone.stdout, "FOO=1 was taken as an assignment: the rest of the argv ran"
+    assert r.exit_status == 127, f"FOO=1 (no such program): wrapper exit {r.exit_status}, not 127"
+    await final_in_both(ctx, job, "failed", 127)
 
 # --- R: the reconciler (jobkit's, over what the wrapper leaves on the host) -----------------
 async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncStore, str, str]:

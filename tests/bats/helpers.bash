@@ -33,8 +33,12 @@ add_row() { sql "INSERT INTO jobs (id) VALUES ('$1')"; }
 # `nohup` (or a CI runner) may have HUP ignored, and a shell cannot trap a signal that was
 # ignored on entry.
 FORWARDED_SIGNALS=HUP,INT,QUIT,PIPE,TERM,USR1,USR2
-# WRAPPER_PATH, when set, is the PATH the wrapper runs with (bats itself keeps the normal one).
-wrapper() { env ${WRAPPER_PATH:+PATH="$WRAPPER_PATH"} --default-signal="$FORWARDED_SIGNALS" "${TEST_SH[@]}" "$WRAPPER" "$@"; }
+# WRAPPER_PATH, when set, is the PATH the wrapper runs with (bats itself keeps the normal one);
+# WRAPPER_SH_OPT, when set, one option for the shell running it (e.g. -m).
+wrapper() {
+  env ${WRAPPER_PATH:+PATH="$WRAPPER_PATH"} --default-signal="$FORWARDED_SIGNALS" "${TEST_SH[@]}" \
+    ${WRAPPER_SH_OPT:+"$WRAPPER_SH_OPT"} "$WRAPPER" "$@"
+}
 # start_wrapper ARGS...: in the background; WPID is the wrapper's own pid (not a subshell's)
 start_wrapper() {
   env --default-signal="$FORWARDED_SIGNALS" "${TEST_SH[@]}" "$WRAPPER" "$@" &

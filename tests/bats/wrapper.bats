@@ -55,6 +55,45 @@ teardown() {
   assert_equal "$(cat "$BATS_TEST_TMPDIR/out")" "stdin=1"
 }
 
+# argv_prog DIR NAME: an executable NAME that records its arguments and its environment
+argv_prog() {
+  cat >"$1/$2" <<'SH'
+#!/bin/sh
+{ printf 'arg:%s\n' "$@"; printf 'env:%s\n' "${ARGV_MARK:-missing}"; } >"$ARGV_OUT"
+SH
+  chmod +x "$1/$2"
+}
+
+@test "the command's argv reaches exec untouched whatever its first word looks like" {
+  local dir=$BATS_TEST_TMPDIR/progs name opt i=0 want
+  mkdir -p "$dir"
+  export ARGV_MARK=intact ARGV_OUT=$BATS_TEST_TMPDIR/argv.out
+  want=$(printf 'arg:%s\n' 'a b' -x Y=2 ''; echo env:intact)
+  # -m: with job control the shell may make the job's subshell a group leader already (mksh,
+  # ksh93), which takes the wrapper's other exec path; posh has no -m
+  local opts=("")
+  "${TEST_SH[@]}" -m -c : </dev/null 2>/dev/null && opts+=(-m)
+  for name in FOO=1 -i -- - --json; do
+    argv_prog "$dir" "$name"
+    for opt in "${opts[@]}"; do
+      i=$((i + 1))
+      add_row "argv-$i"
+      rm -f "$ARGV_OUT"
+      WRAPPER_SH_OPT=$opt WRAPPER_PATH=$dir:$PATH run -0 wrapper "argv-$i" "$name" 'a b' -x Y=2 ''
+      assert_equal "$(cat "$ARGV_OUT" 2>&1)" "$want"
+      assert_final "argv-$i" completed 0 null
+    done
+  done
+  # no program of that name: not an assignment, a command that is not found
+  for opt in "${opts[@]}"; do
+    i=$((i + 1))
+    add_row "argv-$i"
+    WRAPPER_SH_OPT=$opt run -127 wrapper "argv-$i" FOO=1 touch "$BATS_TEST_TMPDIR/ran"
+    assert_final "argv-$i" failed 127 null
+  done
+  [ ! -e "$BATS_TEST_TMPDIR/ran" ]
+}
+
 signal_test() { # SIGNAL NUMBER: the wrapper forwards it to the job's group and records it
   local sig=$1 num=$2 id=sig-$1
   add_row "$id"

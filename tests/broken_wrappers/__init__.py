@@ -53,6 +53,11 @@ BUGS: tuple[Bug, ...] = (
         (("  n=$(date -u '+%Y-%m-%dT%H:%M:%SZ %s' 2>/dev/null) || return 0\n  now_iso=${n% *} now_epoch=${n#* }",
           "  now_iso=$(date -u -Iseconds 2>/dev/null) || { now_iso='' now_epoch=''; return 0; }\n"
           "  now_epoch=$(date -u +%s)"),)),
+    Bug("argv_as_options", "the job's argv follows env's options and setsid's without `--`: a first word FOO=1 is "
+        "taken as an assignment, -i or --json as an option", "W-24",
+        (('    gnu_env) exec env --default-signal=INT,QUIT -- setsid -- "$@" </dev/null ;;',
+          '    gnu_env) exec setsid env --default-signal=INT,QUIT "$@" </dev/null ;;'),
+         ('  exec setsid -- "$@" </dev/null\n) &', '  exec setsid "$@" </dev/null\n) &'))),
     Bug("bash_only", "bash-only syntax ([[ ]] and arrays): breaks under a POSIX /bin/sh", "W-21",
         (('if [ "$bad_id" = 1 ] || [ "${#job_id}" -gt 64 ]; then',
           'ids=("$job_id")\nif [[ $bad_id == 1 || ${#ids[0]} -gt 64 ]]; then'),),
