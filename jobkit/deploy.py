@@ -21,6 +21,10 @@ PREREQUISITES: tuple[str, ...] = ("sh", "tmux", "sqlite3", "setsid", "sync", "mv
                                   "sed", "mkdir", "sleep")
 
 
+#: Columns of server.db's ``jobs`` added after its first version: an existing database gets them.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("token", "TEXT"),)
+
+
 @dataclass(frozen=True)
 class DeployReport:
     host: str
@@ -73,9 +77,15 @@ async def deploy(transport: Transport, base_dir: str | None = None, timeout: flo
     ):
         await transport.run(install.format(base=base, name=name, mode=mode, dest=dest),
                             stdin=data.decode(), timeout=timeout, check=True)
+    # CREATE TABLE IF NOT EXISTS leaves an older table as it is: add the columns added since
+    upgrade = "".join(
+        f" && {{ [ \"$(sqlite3 -batch -cmd '.timeout 5000' {base}/server.db \"SELECT count(*) FROM "
+        f"pragma_table_info('jobs') WHERE name = '{col}'\")\" = 1 ] || sqlite3 -batch -bail -cmd '.timeout 5000' "
+        f"{base}/server.db 'ALTER TABLE jobs ADD COLUMN {col} {kind}'; }}"
+        for col, kind in ADDED_COLUMNS)
     db = await transport.run(
         f"sqlite3 -batch -bail -cmd '.timeout 5000' {base}/server.db <{base}/server_schema.sql >/dev/null"
-        f" && printf '%s\\n' {version} >{base}/bin/.jobkit-version",
+        f"{upgrade} && printf '%s\\n' {version} >{base}/bin/.jobkit-version",
         timeout=timeout,
     )
     if db.exit_status != 0:

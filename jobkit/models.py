@@ -8,11 +8,16 @@ from typing import Any
 
 
 class JobStatus(StrEnum):
+    """A job's status. ``completed`` and ``failed`` are final and never change once recorded;
+    ``lost`` means the outcome is not known (the state is lost, or the job ended where nothing
+    could record its exit status): it is re-examined at every reconciliation and moves to a
+    final status as soon as a record of the end appears."""
+
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
-    LOST = "lost"  # "State lost - unable to determine job status"
+    LOST = "lost"
 
     @property
     def final(self) -> bool:
@@ -44,6 +49,18 @@ class DbEvidence:
     completed_epoch: int | None = None
     boot_id: str | None = None
     pid: int | None = None
+    token: str | None = None  # the submission that inserted the row (jobkit's runner sets it)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The id's claim on the host (``<id>.wrapper.log``, created with O_EXCL). ``state``:
+    ``absent`` (nobody claimed it), ``wrapper`` (a wrapper did: the job was started),
+    ``fenced`` (the reconciler claimed it so that it can never start), ``other`` (unreadable)."""
+
+    state: str
+    pid: int | None = None  # the wrapper that claimed it
+    alive: bool | None = None  # is that wrapper still running
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,11 @@ class Known:
     status: JobStatus
     exit_code: int | None = None
     submitted_epoch: float | None = None
-    last_alive_epoch: float | None = None
+    last_alive_epoch: float | None = None  # host clock
     boot_id: str | None = None
+    token: str | None = None  # this submission's token
+    started_epoch: float | None = None  # host clock
+    wrapper_gone_epoch: float | None = None  # host clock: the job was seen alive, its wrapper gone
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,7 @@ class Evidence:
     db: DbEvidence | None = None
     file: FileEvidence | None = None
     live: Liveness = field(default_factory=Liveness)
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,7 @@ class Verdict:
     signal: str | None = None
     said: dict[str, str] = field(default_factory=dict)  # what each source said
     alive: bool = False
+    wrapper_gone: bool = False  # the job is alive and its wrapper is not
 
     def log_line(self) -> str:
         said = " ".join(f"{k}={v}" for k, v in self.said.items())

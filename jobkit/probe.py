@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from jobkit.errors import HostUnreachable, RemoteTimeout, TransportError
-from jobkit.models import DbEvidence, Evidence, FileEvidence, HostState, Liveness
+from jobkit.errors import TransportError
+from jobkit.models import Claim, DbEvidence, Evidence, FileEvidence, HostState, Liveness
 from jobkit.remote import base_dir_word
 from jobkit.transport import Transport
 
@@ -27,6 +28,7 @@ class JobQuery:
     job_id: str
     pid: int | None = None
     proc_start: int | None = None
+    fence: bool = False  # claim the id if nothing of the job is on the host (it then never starts)
 
 
 @dataclass
@@ -68,8 +70,9 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
             sections.setdefault(name, [])
         elif current:
             sections[current].append(line)
-    if "end" not in header:
-        raise TransportError("probe output incomplete", stdout=output[-2000:])
+    if "end" not in header:  # the answer was cut: nothing in it can be trusted
+        return ProbeResult(HostState(reachable=False, error="probe output incomplete (connection lost mid-answer?)"),
+                           raw=output)
     try:
         now = float(header.get("now", ""))
     except ValueError:
@@ -96,11 +99,17 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
     # state files: lines "F\t<path>\t<content>" grouped by file; "E id" marks existence
     exists = {ln[2:] for ln in sections.get("files", []) if ln.startswith("E ")}
     contents: dict[str, list[str]] = {}
+    claims: dict[str, str] = {}
     for ln in sections.get("files", []):
         if ln.startswith("F\t"):
             _, path, content = ln.split("\t", 2)
             jid = path.rsplit("/", 1)[-1].removesuffix(".status")
             contents.setdefault(jid, []).append(content)
+        elif ln.startswith("L\t"):
+            parts = ln.split("\t", 2)
+            if len(parts) == 3:
+                claims[parts[1]] = parts[2]
+    fenced = {ln[2:] for ln in sections.get("fence", []) if ln.startswith("X ")}
 
     starts: dict[int, int | None] = {}
     for ln in sections.get("procs", []):
@@ -123,7 +132,7 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
             r = db_rows[q.job_id]
             db = DbEvidence("ok", _str(r.get("status")), _int(r.get("exit_code")), _str(r.get("signal")),
                             _int(r.get("started_epoch")), _int(r.get("completed_epoch")), _str(r.get("boot_id")),
-                            _int(r.get("pid")))
+                            _int(r.get("pid")), _str(r.get("token")))
         else:
             db = DbEvidence("no_row")
         sf = _file_evidence(q.job_id, q.job_id in exists, contents.get(q.job_id))
@@ -136,8 +145,26 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
         tmux = (q.job_id in sessions) if tmux_known else None
         if tmux_known and not tmux_ok:
             tmux = False  # no tmux server on the socket: no session
-        result.evidence[q.job_id] = Evidence(q.job_id, host, db, sf, Liveness(job_alive, wrapper_alive, tmux))
+        claim = _claim(claims.get(q.job_id), q.job_id in fenced, starts)
+        if wrapper_alive is None and claim.pid is not None:
+            wrapper_alive = claim.alive
+        result.evidence[q.job_id] = Evidence(q.job_id, host, db, sf, Liveness(job_alive, wrapper_alive, tmux), claim)
     return result
+
+
+def _claim(line: str | None, fenced_now: bool, starts: dict[int, int | None]) -> Claim:
+    if fenced_now or (line is not None and line.startswith("jobkit-fence ")):
+        return Claim("fenced")
+    if line is None:
+        return Claim("absent")
+    m = _CLAIM_RE.match(line)
+    if m is None:
+        return Claim("other")  # created but unwritten (a full disk), or not jobkit's
+    pid = int(m.group(1))
+    return Claim("wrapper", pid, pid in starts)
+
+
+_CLAIM_RE = re.compile(r"jobkit-wrapper\[(\d+)\] ")
 
 
 def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEvidence:
@@ -161,13 +188,14 @@ def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEv
 
 async def probe(transport: Transport, queries: list[JobQuery], base_dir: str | None = None,
                 timeout: float = 5.0) -> ProbeResult:
-    """Ask the host about every job in ``queries`` with one command; an unreachable or slow host
-    gives ``host.reachable == False`` (never an exception for those)."""
-    stdin = "".join(f"{q.job_id} {q.pid or ''} {q.proc_start or ''}\n" for q in queries)
+    """Ask the host about every job in ``queries`` with one command; an unreachable or slow host,
+    or a connection lost mid-answer, gives ``host.reachable == False`` (never an exception)."""
+    stdin = "".join(f"{q.job_id} {q.pid or '-'} {q.proc_start or '-'} {'F' if q.fence else '-'}\n"
+                    for q in queries)
     command = f"sh -c {shlex.quote(probe_script())} probe {base_dir_word(base_dir)}"
     try:
         r = await transport.run(command, stdin=stdin, timeout=timeout)
-    except (HostUnreachable, RemoteTimeout) as exc:
+    except TransportError as exc:  # unreachable, slow, lost mid-answer: unavailable, never raised
         return ProbeResult(HostState(reachable=False, error=exc.message))
     return parse(r.stdout, queries)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobkit.merge import merge
-from jobkit.models import Evidence, Verdict
+from jobkit.models import Evidence, JobStatus, Verdict
 from jobkit.probe import JobQuery, probe
-from jobkit.store import ACTIVE, AsyncStore, JobRecord
+from jobkit.store import ACTIVE, AsyncStore, JobRecord, Update
 from jobkit.transport import Transport
 
 log = logging.getLogger("jobkit.reconcile")
@@ -25,6 +25,8 @@ class HostReport:
     host: str
     verdicts: list[Verdict] = field(default_factory=list)
     changed: int = 0
+    superseded: list[str] = field(default_factory=list)  # another writer changed these meanwhile
+    fenced: list[str] = field(default_factory=list)  # never started: their ids are now fenced
     orphans: list[str] = field(default_factory=list)
     reachable: bool = True
     error: str | None = None
@@ -38,9 +40,15 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
     known_ids = {j.id for j in known}
     jobs = known if all_jobs else [j for j in known if j.status.value in ACTIVE]
     report = HostReport(host)
-    result = await probe(transport, [JobQuery(j.id, j.pid, j.proc_start) for j in jobs], base_dir, timeout)
+    # a job queued for longer than the grace period is fenced if nothing of it is on the host
+    # (its id is claimed there so a launch still in flight can never start it); client clock
+    wall = time.time()
+    queries = [JobQuery(j.id, j.pid, j.proc_start,
+                        fence=j.status is JobStatus.QUEUED and j.submitted_at is not None
+                        and wall - j.submitted_at > grace) for j in jobs]
+    result = await probe(transport, queries, base_dir, timeout)
     report.reachable, report.error = result.host.reachable, result.host.error
-    updates: list[tuple[Verdict, dict[str, Any]]] = []
+    updates: list[Update] = []
     for job in jobs:
         ev = result.evidence.get(job.id)
         if ev is None:  # host unreachable: merge says unavailable
@@ -54,10 +62,16 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
             facts = {"pid": ev.db.pid, "boot_id": ev.db.boot_id, "started_epoch": ev.db.started_epoch,
                      "completed_epoch": ev.db.completed_epoch}
         facts["host_now"] = result.host.now_epoch
-        updates.append((verdict, facts))
+        updates.append(Update(verdict, job.version, facts))
         report.verdicts.append(verdict)
+        if ev.claim is not None and ev.claim.state == "fenced" and verdict.status is JobStatus.FAILED:
+            report.fenced.append(job.id)
         log.info("%s %s", host, verdict.log_line())
-    report.changed = await store.call(store.sync.apply, updates)
+    applied = await store.call(store.sync.apply, updates)
+    report.changed, report.superseded = applied.changed, applied.superseded
+    for job_id in applied.superseded:
+        log.info("%s %s: not written: another writer changed the job meanwhile (the next reconciliation looks "
+                 "again)", host, job_id)
     report.orphans = sorted(set(result.all_ids) - known_ids)
     report.seconds = time.monotonic() - start
     return report

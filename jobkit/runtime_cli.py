@@ -16,21 +16,26 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from jobkit.deploy import deploy
-from jobkit.errors import ConfigError, HostUnreachable, RemoteTimeout
+from jobkit.errors import ConfigError, HostUnreachable, OutcomeUnknown, RemoteTimeout
 from jobkit.hosts import HostSpec
 from jobkit.ids import validate_id
 from jobkit.reconcile import HostReport, reconcile_host
 from jobkit.runner import cancel, submit
 from jobkit.store import AsyncStore, JobRecord, Store
 from jobkit.transport_ssh import SSHTransport
+from jobkit.userinput import host_key_from_known_hosts, host_public_key, positive_seconds, private_key, ssh_url
 
 
 def store_path() -> Path:
-    home = os.environ.get("JOBKIT_HOME") or str(Path.home() / ".local" / "share" / "jobkit")
-    return Path(home) / "store.db"
+    home = Path(os.environ.get("JOBKIT_HOME") or Path.home() / ".local" / "share" / "jobkit").expanduser()
+    where = "JOBKIT_HOME=" if os.environ.get("JOBKIT_HOME") else "the jobkit home "
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"{where}{home} is not a directory")
+    if (home / "store.db").is_dir():
+        raise ConfigError(f"the store {home / 'store.db'} is a directory, not a database file")
+    return home / "store.db"
 
 
 def _store() -> AsyncStore:
@@ -57,24 +62,20 @@ def _job_json(j: JobRecord) -> dict[str, Any]:
 
 # --- hosts ----------------------------------------------------------------------------------
 def cmd_hosts_add(args: argparse.Namespace) -> int:
-    url = urlparse(args.url)
-    if url.scheme != "ssh" or not url.hostname or not url.username:
-        raise ConfigError(f"host address must look like ssh://user@host[:port], not {args.url!r}")
-    key = Path(args.key).expanduser()
-    if not key.is_file():
-        raise ConfigError(f"private key {key} does not exist")
-    known = args.known_host_key
+    user, address, port = ssh_url(args.url)
+    if not args.name.strip() or any(c.isspace() or not c.isprintable() for c in args.name):
+        raise ConfigError(f"host name {args.name!r} must be non-empty, without spaces or control characters")
+    key = private_key(args.key)
     if args.known_hosts:
-        lines = [ln.split(None, 1)[1] for ln in Path(args.known_hosts).read_text().splitlines()
-                 if ln.strip() and not ln.startswith("#") and len(ln.split()) >= 3]
-        known = lines[0] if lines else None
-    if not known:
+        known = host_key_from_known_hosts(args.known_hosts, address, port)
+    elif args.known_host_key:
+        known = host_public_key(args.known_host_key)
+    else:
         raise ConfigError("give the host's public key (--known-host-key or --known-hosts): "
                           "jobkit never connects without checking it")
     store = Store(store_path())
-    store.add_host(HostSpec(args.name, url.hostname, url.port or 22, url.username, key.resolve(), known.strip(),
-                            args.base_dir))
-    print(f"host {args.name} added: {url.username}@{url.hostname}:{url.port or 22}")
+    store.add_host(HostSpec(args.name, address, port, user, key, known, args.base_dir))
+    print(f"host {args.name} added: {user}@{address}:{port}")
     return 0
 
 
@@ -108,7 +109,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         finally:
             await t.close()
 
-    job_id = asyncio.run(go())
+    try:
+        job_id = asyncio.run(go())
+    except OutcomeUnknown as exc:
+        # the job may be running: say which one, so the caller can follow it
+        print(json.dumps({"id": exc.job_id, "host": spec.name, "outcome": "unknown"}) if args.json else exc.job_id)
+        print(f"jobkit: {exc.message}", file=sys.stderr)
+        return 3
     print(json.dumps({"id": job_id, "host": spec.name}) if args.json else job_id)
     return 0
 
@@ -145,7 +152,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     store.sync.touch_last_seen(started)
     if args.json:
         print(json.dumps({"hosts": [{"host": r.host, "reachable": r.reachable, "error": r.error,
-                                     "changed": r.changed, "orphans": r.orphans, "seconds": round(r.seconds, 3),
+                                     "changed": r.changed, "orphans": r.orphans, "superseded": r.superseded,
+                                     "fenced": r.fenced, "seconds": round(r.seconds, 3),
                                      "jobs": [v.as_dict() for v in r.verdicts]} for r in reports],
                           "while_you_were_away": away}, indent=2))
     else:
@@ -158,6 +166,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 print(_table([[v.job_id, v.status.value + (" (stale)" if v.stale else ""), v.source.value,
                                " ".join(f"{k}={s}" for k, s in v.said.items()), v.reason[:60]] for v in r.verdicts],
                              ["JOB", "STATUS", "DECIDED BY", "SOURCES", "REASON"]))
+            if r.superseded:
+                print(f"{r.host}: {len(r.superseded)} verdict(s) not written: another writer changed those jobs "
+                      f"meanwhile (the next reconcile looks again): {' '.join(r.superseded)}")
+            if r.fenced:
+                print(f"{r.host}: {len(r.fenced)} job(s) never started; their ids are fenced on the host so they "
+                      f"never will: {' '.join(r.fenced)}")
             if r.orphans:
                 print(f"{r.host}: {len(r.orphans)} job(s) on the host unknown to this store: {' '.join(r.orphans)}")
     unreachable = [r.host for r in reports if not r.reachable]
@@ -202,7 +216,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("reconcile", help="ask the hosts how their jobs really are (one round trip per host)")
     p.add_argument("--host")
     p.add_argument("--all", action="store_true", help="also re-check jobs already final")
-    p.add_argument("--timeout", type=float, default=5.0, help="per-host bound in seconds (default 5)")
+    p.add_argument("--timeout", type=positive_seconds, default=5.0, help="per-host bound in seconds (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_reconcile)
     p = sub.add_parser("cancel", help="stop a job (TERM to its wrapper, forwarded to the job's group)")
@@ -213,9 +227,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = hsub.add_parser("add", help="add or update a host")
     p.add_argument("name")
     p.add_argument("url", help="ssh://user@host[:port]")
-    p.add_argument("--key", required=True, help="private key file")
-    p.add_argument("--known-host-key", help="the server's public host key, e.g. 'ssh-ed25519 AAAA...'")
-    p.add_argument("--known-hosts", help="a known_hosts file holding the server's key")
+    p.add_argument("--key", required=True, help="private key file (unencrypted: no passphrase)")
+    pinned = p.add_mutually_exclusive_group()
+    pinned.add_argument("--known-host-key", help="the server's public host key, e.g. 'ssh-ed25519 AAAA...'")
+    pinned.add_argument("--known-hosts", help="a known_hosts file holding the server's key (for that host and port)")
     p.add_argument("--base-dir", help="where the wrapper keeps its files on the host (default ~/.jobkit)")
     p.set_defaults(handler=cmd_hosts_add)
     p = hsub.add_parser("ls", help="list hosts")

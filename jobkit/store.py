@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,31 +25,45 @@ from jobkit.models import JobStatus, Known, Verdict
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[list[str]] = [
     # 1: jobs, history, hosts, meta
-    """
-    CREATE TABLE hosts (
-        name TEXT PRIMARY KEY, address TEXT NOT NULL, port INTEGER NOT NULL, user TEXT NOT NULL,
-        private_key TEXT NOT NULL, known_host_key TEXT, base_dir TEXT
-    );
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY, name TEXT, host TEXT NOT NULL REFERENCES hosts(name),
-        scheduler_job_id TEXT, command TEXT NOT NULL, status TEXT NOT NULL,
-        status_source TEXT, reason TEXT, stale INTEGER NOT NULL DEFAULT 0, conflict INTEGER NOT NULL DEFAULT 0,
-        exit_code INTEGER, signal TEXT, error TEXT,
-        created_at REAL NOT NULL, submitted_at REAL, started_at REAL, completed_at REAL,
-        pid INTEGER, proc_start INTEGER, boot_id TEXT, last_alive_at REAL,
-        work_dir TEXT, updated_at REAL NOT NULL
-    );
-    CREATE INDEX jobs_host_status ON jobs (host, status);
-    CREATE TABLE job_status_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        status TEXT NOT NULL, timestamp REAL NOT NULL, source TEXT NOT NULL, reason TEXT
-    );
-    CREATE INDEX history_job ON job_status_history (job_id, timestamp);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
+    [
+        """CREATE TABLE hosts (
+            name TEXT PRIMARY KEY, address TEXT NOT NULL, port INTEGER NOT NULL, user TEXT NOT NULL,
+            private_key TEXT NOT NULL, known_host_key TEXT, base_dir TEXT
+        )""",
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, name TEXT, host TEXT NOT NULL REFERENCES hosts(name),
+            scheduler_job_id TEXT, command TEXT NOT NULL, status TEXT NOT NULL,
+            status_source TEXT, reason TEXT, stale INTEGER NOT NULL DEFAULT 0, conflict INTEGER NOT NULL DEFAULT 0,
+            exit_code INTEGER, signal TEXT, error TEXT,
+            created_at REAL NOT NULL, submitted_at REAL, started_at REAL, completed_at REAL,
+            pid INTEGER, proc_start INTEGER, boot_id TEXT, last_alive_at REAL,
+            work_dir TEXT, updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX jobs_host_status ON jobs (host, status)",
+        """CREATE TABLE job_status_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            status TEXT NOT NULL, timestamp REAL NOT NULL, source TEXT NOT NULL, reason TEXT
+        )""",
+        "CREATE INDEX history_job ON job_status_history (job_id, timestamp)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    # 2: optimistic concurrency (every change advances `version`; a verdict is written only over
+    # the row it was computed from), the submission's token, when the job outlived its wrapper;
+    # and the two rules no writer may break, enforced by the database itself
+    [
+        "ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN token TEXT",
+        "ALTER TABLE jobs ADD COLUMN wrapper_gone_at REAL",
+        """CREATE TRIGGER jobs_final_never_changes BEFORE UPDATE ON jobs
+           WHEN OLD.status IN ('completed', 'failed')
+                AND (NEW.status IS NOT OLD.status OR NEW.exit_code IS NOT OLD.exit_code)
+           BEGIN SELECT RAISE(ABORT, 'jobkit: a final status never changes'); END""",
+        """CREATE TRIGGER jobs_version_advances BEFORE UPDATE ON jobs WHEN NEW.version <= OLD.version
+           BEGIN SELECT RAISE(ABORT, 'jobkit: every change of a job row advances its version'); END""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ACTIVE = ("queued", "running", "lost")
@@ -74,25 +88,39 @@ class JobRecord:
     proc_start: int | None
     boot_id: str | None
     last_alive_at: float | None
+    version: int = 0
+    token: str | None = None
+    started_at: float | None = None
+    wrapper_gone_at: float | None = None
 
     def known(self) -> Known:
-        return Known(self.status, self.exit_code, self.submitted_at, self.last_alive_at, self.boot_id)
+        return Known(self.status, self.exit_code, self.submitted_at, self.last_alive_at, self.boot_id, self.token,
+                     self.started_at, self.wrapper_gone_at)
 
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not path.is_file():
+                raise StoreError(f"cannot use the store {path}: it is not a file")
+            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        except OSError as exc:
+            raise StoreError(f"cannot use the store {path}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use the store {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, StoreError) as exc:
             self._db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot use the store {path}: {exc}") from exc
 
     def _migrate(self) -> None:
@@ -102,9 +130,10 @@ class Store:
                              f"({SCHEMA_VERSION}): upgrade jobkit instead of downgrading the store")
         for n in range(version, SCHEMA_VERSION):
             with self._tx():
-                for stmt in MIGRATIONS[n].split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
+                if int(self._db.execute("PRAGMA user_version").fetchone()[0]) != n:
+                    continue  # another process migrated it meanwhile
+                for stmt in MIGRATIONS[n]:
+                    self._db.execute(stmt)
                 self._db.execute(f"PRAGMA user_version = {n + 1}")
 
     def _tx(self) -> _Tx:
@@ -134,7 +163,8 @@ class Store:
         return [self.host(r[0]) for r in self._db.execute("SELECT name FROM hosts ORDER BY name")]
 
     # --- jobs -------------------------------------------------------------------------------
-    def add_job(self, job_id: str, host: str, command: list[str], now: float | None = None) -> None:
+    def add_job(self, job_id: str, host: str, command: list[str], now: float | None = None,
+                token: str | None = None) -> None:
         now = now or time.time()
         self.host(host)
         with self._tx():
@@ -142,9 +172,18 @@ class Store:
                 raise ConfigError(f"job id {job_id!r} already exists in the store")
             self._db.execute(
                 "INSERT INTO jobs (id, host, command, status, status_source, reason, created_at, submitted_at, "
-                "updated_at) VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?)",
-                (job_id, host, json.dumps(command), now, now, now))
+                "updated_at, token) VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?, ?)",
+                (job_id, host, json.dumps(command), now, now, now, token))
             self._history(job_id, "queued", now, "client", "submitted")
+
+    def forget_unlaunched(self, job_id: str, token: str | None) -> bool:
+        """Remove a job whose launch was refused before anything started (its id was used on
+        the host): as if it had never been submitted. Only a row still ``queued`` by this very
+        submission goes."""
+        with self._tx():
+            cur = self._db.execute("DELETE FROM jobs WHERE id = ? AND token IS ? AND status = 'queued'",
+                                   (job_id, token))
+            return cur.rowcount == 1
 
     def job(self, job_id: str) -> JobRecord:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -162,40 +201,57 @@ class Store:
             args.extend(ACTIVE)
         return [_record(r) for r in self._db.execute(sql + " ORDER BY created_at, id", args)]
 
-    def mark_failed_launch(self, job_id: str, error: str) -> None:
+    def mark_failed_launch(self, job_id: str, error: str) -> bool:
+        """Record a launch that provably started nothing; only over a row still ``queued``."""
         now = time.time()
         with self._tx():
-            self._db.execute("UPDATE jobs SET status='failed', status_source='client', reason=?, error=?, "
-                             "completed_at=?, updated_at=? WHERE id=?", (f"launch failed: {error}", error, now, now,
-                                                                         job_id))
+            cur = self._db.execute(
+                "UPDATE jobs SET status='failed', status_source='client', reason=?, error=?, completed_at=?, "
+                "updated_at=?, version=version+1 WHERE id=? AND status='queued'",
+                (f"launch failed: {error}", error, now, now, job_id))
+            if cur.rowcount != 1:
+                return False
             self._history(job_id, "failed", now, "client", f"launch failed: {error}")
+            return True
 
-    def apply(self, verdicts: Iterable[tuple[Verdict, dict[str, Any]]], now: float | None = None) -> int:
-        """Write one reconciliation's verdicts (with process facts) in one transaction; return
-        how many jobs changed status. ``last_alive_at`` is in the host's clock (``host_now``), the
-        clock the grace period is measured in."""
+    def apply(self, updates: Iterable[Update], now: float | None = None) -> Applied:
+        """Write one reconciliation's verdicts in one transaction, each only over the row it was
+        computed from: a row changed by another writer since (``version`` moved) is left as that
+        writer made it and reported in ``superseded`` — a later reconciliation looks again. A
+        final status is never replaced (the database refuses it too). ``last_alive_at`` and
+        ``wrapper_gone_at`` are in the host's clock (``host_now``), the clock the grace period is
+        measured in."""
         now = now or time.time()
-        changed = 0
+        result = Applied()
         with self._tx():
-            for v, facts in verdicts:
-                row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (v.job_id,)).fetchone()
+            for u in updates:
+                v, facts = u.verdict, u.facts
+                row = self._db.execute("SELECT status, version FROM jobs WHERE id = ?", (v.job_id,)).fetchone()
                 if row is None:
                     continue
+                if row["version"] != u.version:
+                    result.superseded.append(v.job_id)
+                    continue
+                if JobStatus(row["status"]).final and row["status"] != v.status.value:
+                    raise StoreError(f"{v.job_id}: refusing to replace final {row['status']} by {v.status.value}")
+                host_now = facts.get("host_now") or now
                 self._db.execute(
                     "UPDATE jobs SET status=?, status_source=?, reason=?, stale=?, conflict=?, "
-                    "exit_code=coalesce(?, exit_code), signal=coalesce(?, signal), "
+                    "exit_code=CASE WHEN status IN ('completed','failed') THEN exit_code "
+                    "ELSE coalesce(?, exit_code) END, signal=coalesce(?, signal), "
                     "completed_at=CASE WHEN ? IN ('completed','failed') THEN coalesce(completed_at, ?) "
                     "ELSE completed_at END, pid=coalesce(?, pid), proc_start=coalesce(?, proc_start), "
                     "boot_id=coalesce(?, boot_id), last_alive_at=CASE WHEN ? THEN ? ELSE last_alive_at END, "
-                    "started_at=coalesce(started_at, ?), updated_at=? WHERE id=?",
+                    "wrapper_gone_at=CASE WHEN ? THEN coalesce(wrapper_gone_at, ?) ELSE wrapper_gone_at END, "
+                    "started_at=coalesce(started_at, ?), updated_at=?, version=version+1 WHERE id=? AND version=?",
                     (v.status.value, v.source.value, v.reason, int(v.stale), int(v.conflict), v.exit_code, v.signal,
                      v.status.value, facts.get("completed_epoch") or now, facts.get("pid"), facts.get("proc_start"),
-                     facts.get("boot_id"), int(v.alive), facts.get("host_now") or now, facts.get("started_epoch"),
-                     now, v.job_id))
+                     facts.get("boot_id"), int(v.alive), host_now, int(v.wrapper_gone), host_now,
+                     facts.get("started_epoch"), now, v.job_id, u.version))
                 if row["status"] != v.status.value:
-                    changed += 1
+                    result.changed += 1
                     self._history(v.job_id, v.status.value, now, v.source.value, v.reason)
-        return changed
+        return result
 
     def history(self, job_id: str) -> list[tuple[str, float, str, str | None]]:
         return [(r["status"], r["timestamp"], r["source"], r["reason"]) for r in self._db.execute(
@@ -226,6 +282,22 @@ class Store:
         return out
 
 
+@dataclass(frozen=True)
+class Update:
+    """A verdict to write, the process facts behind it, and the ``version`` of the row it was
+    computed from (read before the evidence was gathered)."""
+
+    verdict: Verdict
+    version: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Applied:
+    changed: int = 0  # jobs whose status changed
+    superseded: list[str] = field(default_factory=list)  # rows another writer changed meanwhile
+
+
 class _Tx:
     def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
         self._db, self._lock = db, lock
@@ -249,7 +321,7 @@ def _record(r: sqlite3.Row) -> JobRecord:
     return JobRecord(r["id"], r["host"], json.loads(r["command"]), JobStatus(r["status"]), r["status_source"],
                      r["reason"], bool(r["stale"]), bool(r["conflict"]), r["exit_code"], r["signal"],
                      r["created_at"], r["submitted_at"], r["completed_at"], r["pid"], r["proc_start"], r["boot_id"],
-                     r["last_alive_at"])
+                     r["last_alive_at"], r["version"], r["token"], r["started_at"], r["wrapper_gone_at"])
 
 
 class AsyncStore:

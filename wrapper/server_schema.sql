@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     boot_id         TEXT,
     user            TEXT,
     host            TEXT,
+    token           TEXT,   -- the submission that inserted the row (the client's; never the wrapper's)
     created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+-- A database made by an older schema gets the columns added since (see jobkit.deploy).

@@ -17,7 +17,7 @@ from typing import Any
 from jobkit.conformance.context import Ctx
 from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
 from jobkit.hosts import HostSpec
-from jobkit.merge import SIGKILL_REASON
+from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import JobStatus, Source, Verdict
 from jobkit.probe import JobQuery, probe
 from jobkit.reconcile import reconcile_host
@@ -412,13 +412,24 @@ async def w24(ctx: Ctx) -> None:
     await final_in_both(ctx, job, "failed", 127)
 
 # --- R: the reconciler (jobkit's, over what the wrapper leaves on the host) -----------------
-async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncStore, str, str]:
+def _store(ctx: Ctx) -> tuple[AsyncStore, str]:
+    """A local store of the clause's own (removed with the clause's other resources) that knows
+    the target as a host."""
+    import shutil
     import tempfile
     from pathlib import Path
 
-    store = AsyncStore(Store(Path(tempfile.mkdtemp(prefix="jobkit-conf-")) / "store.db"))
+    d = Path(tempfile.mkdtemp(prefix="jobkit-conf-"))
+    store = AsyncStore(Store(d / "store.db"))
+    ctx.on_cleanup(store.sync.close)
+    ctx.on_cleanup(lambda: shutil.rmtree(d, ignore_errors=True))
     name = f"conf-{ctx.target}"
     store.sync.add_host(HostSpec(name, "127.0.0.1", 22, "x", Path("/dev/null"), "unused", ctx.base_abs))
+    return store, name
+
+
+async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncStore, str, str]:
+    store, name = _store(ctx)
     job = ctx.new_id(tag)
     await store.call(store.sync.add_job, job, name, argv)
     await ctx.insert_row(job)
@@ -489,18 +500,21 @@ async def r4(ctx: Ctx) -> None:
     assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS), v.log_line()
 
 
-@clause("R-5", "wrapper and job SIGKILLed: failed, 'possible SIGKILL', after the grace period (not before)", "7")
+@clause("R-5", "wrapper and job SIGKILLed: running within the grace period; after it `lost`, 'possible "
+               "SIGKILL', exit status unknown (never failed or completed: nothing recorded the end)", "7")
 async def r5(ctx: Ctx) -> None:
     store, name, job = await _reconcile_setup(ctx, "rkill", ["sleep", "60"])
-    await ctx.wait_state(job, ("running",))
+    st = await ctx.wait_state(job, ("running",))
     await _reconcile(ctx, store, name, job)
     async with await inject(Fault.SIGKILL_WRAPPER, ctx.host, job_id=job):
         await (await inject(Fault.SIGKILL_JOB_GROUP, ctx.host, job_id=job)).restore()
-    await asyncio.sleep(0.3)
+    await ctx.wait_gone(int(st.get("pgid") or st.get("pid") or 0), st.get("wrapper_pid"))
     _, within = await _reconcile(ctx, store, name, job, grace=60)
-    assert within.status is JobStatus.RUNNING, f"failed before the grace period: {within.log_line()}"
+    assert within.status is JobStatus.RUNNING, f"not running within the grace period: {within.log_line()}"
     _, v = await _reconcile(ctx, store, name, job, grace=0)
-    assert (v.status, v.reason) == (JobStatus.FAILED, SIGKILL_REASON), v.log_line()
+    assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
+    assert v.reason.startswith(SIGKILL_REASON), v.log_line()
+    assert UNKNOWN_EXIT in v.reason, v.log_line()
 
 
 @clause("R-6", "a final state beats `running`: database says running, state file says completed", "20")
@@ -538,15 +552,11 @@ async def r7(ctx: Ctx) -> None:
     await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
 
 
-@clause("R-9", "a job submitted but never started (killed before its traps: no session, no state) is failed "
-               "after the grace period, queued before it", "8")
+@clause("R-9", "a job submitted but never started (no session, no state) is queued within the grace period; "
+               "after it the reconciler fences its id (claims it, as a wrapper would) and records it failed, "
+               "'Job never started'; a late launch of that id then never runs the job", "8")
 async def r9(ctx: Ctx) -> None:
-    import tempfile
-    from pathlib import Path
-
-    store = AsyncStore(Store(Path(tempfile.mkdtemp(prefix="jobkit-conf-")) / "store.db"))
-    name = f"conf-{ctx.target}"
-    store.sync.add_host(HostSpec(name, "127.0.0.1", 22, "x", Path("/dev/null"), "unused", ctx.base_abs))
+    store, name = _store(ctx)
     job = ctx.new_id("never")
     await store.call(store.sync.add_job, job, name, ["true"], time.time() - 120)
     await ctx.insert_row(job)  # the client queued it; the launch never happened
@@ -557,10 +567,15 @@ async def r9(ctx: Ctx) -> None:
     v = next(v for v in report.verdicts if v.job_id == job)
     ctx.evidence.add("reconcile", v.log_line())
     assert v.status is JobStatus.FAILED, v.log_line()
-    assert "never started" in v.reason, v.log_line()
+    assert v.reason.startswith(NEVER_STARTED_REASON), v.log_line()
+    marker = f"{ctx.base_abs}/.conformance/ran-{job}"
+    late = await ctx.run(job, ["touch", marker])  # the launch that was still in flight
+    ran = await ctx.sh(f"test -e {shlex.quote(marker)} && echo ran || echo no")
+    assert "no" in ran.stdout, f"the fenced job ran when its launch arrived late (wrapper exit {late.exit_status})"
 
 
-@clause("R-8", "a changed boot id means the host rebooted: the job is failed, not running", "7")
+@clause("R-8", "a changed boot id means the host rebooted: the job is not running any more; `lost`, exit status "
+               "unknown (never completed or failed: nothing recorded its end)", "7")
 async def r8(ctx: Ctx) -> None:
     need(ctx, Fault.HOST_REBOOT)
     store, name, job = await _reconcile_setup(ctx, "rboot", ["sleep", "60"])
@@ -580,5 +595,5 @@ async def r8(ctx: Ctx) -> None:
         await inj.restore()
     v = next(v for v in report.verdicts if v.job_id == job)
     ctx.evidence.add("after reboot", v.log_line())
-    assert v.status is JobStatus.FAILED, v.log_line()
+    assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
     assert "rebooted" in v.reason, v.log_line()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shlex
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,16 @@ class Ctx:
         self.grace = grace
         self.evidence = Evidence()
         self.ids: list[str] = []
+        self._cleanups: list[Callable[[], object]] = []
+
+    def on_cleanup(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` when the clause is over (whatever its outcome), last registered first."""
+        self._cleanups.append(fn)
+
+    def cleanup(self) -> None:
+        while self._cleanups:
+            with contextlib.suppress(Exception):
+                self._cleanups.pop()()
 
     # --- plumbing ---------------------------------------------------------------------------
     async def sh(self, command: str, *, stdin: str | None = None, timeout: float = 30.0,
@@ -140,6 +152,16 @@ class Ctx:
                 return last
             await asyncio.sleep(0.1)
         raise AssertionError(f"row of {job} did not become {status} within {seconds:g}s: {last}")
+
+    async def wait_gone(self, pgid: int, pid: object = None, seconds: float = 10.0) -> None:
+        """Poll until no live process of group ``pgid`` (and no process ``pid``) is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        check = f"kill -0 {int(pid)} 2>/dev/null" if isinstance(pid, int) else "false"
+        while await self.group_alive(pgid) or (await self.sh(check, record=False)).exit_status == 0:
+            if loop.time() > deadline:
+                raise AssertionError(f"process group {pgid} still alive after {seconds:g}s")
+            await asyncio.sleep(0.05)
 
     async def group_alive(self, pgid: int) -> bool:
         r = await self.sh(GROUP_ALIVE.format(pgid=int(pgid)), record=False)

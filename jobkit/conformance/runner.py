@@ -102,6 +102,7 @@ async def run_target(target: TargetSpec, *, wrapper: Path, schema: Path, base_di
             for job in ctx.ids[:3]:
                 with contextlib.suppress(Exception):  # evidence is best effort
                     await ctx.collect(job)
+        ctx.cleanup()
         res = Result(c.id, c.title, c.must, target.name, outcome, time.monotonic() - start, message,
                      ctx.evidence.lines if outcome != PASS else [])
         results.append(res)

@@ -98,3 +98,53 @@ def test_an_unreachable_host_is_reported_with_a_nonzero_exit(local: LabHost,
     assert rc == 3
     assert "UNAVAILABLE" in out
     assert "unavailable: dead" in err
+
+
+def test_a_submit_whose_outcome_is_unknown_prints_the_id_and_exits_3(jobkit_lab: Lab, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("JOBKIT_HOME", str(tmp_path / "home"))
+    host = jobkit_lab.start("local", fresh=True)
+    assert host.local is not None
+    try:
+        add(capsys, host)
+        assert run(capsys, "submit", "lab", "--", "true")[0] == 0  # deployed
+        host.local.delay = 12.0  # longer than submit's 10 s bound: the host acts after the client gave up
+        rc, out, err = run(capsys, "submit", "lab", "--no-deploy", "--id", "unknown-1", "--", "true")
+        assert rc == 3, err
+        assert out.strip() == "unknown-1"
+        assert "may or may not have started" in err
+        rc, out, _ = run(capsys, "status", "unknown-1", "--json")
+        assert json.loads(out)[0]["status"] == "queued"
+    finally:
+        host.local.delay = 0.0
+        host.stop()
+
+
+def test_an_id_used_on_the_host_by_another_store_is_refused_with_exit_2(
+        local: LabHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, local)
+    assert run(capsys, "submit", "lab", "--id", "shared-id-1", "--", "true")[0] == 0
+    monkeypatch.setenv("JOBKIT_HOME", str(tmp_path / "other"))  # a second store, same host
+    add(capsys, local)
+    rc, _, err = run(capsys, "submit", "lab", "--id", "shared-id-1", "--", "true")
+    assert rc == 2
+    assert "job id shared-id-1 already used on lab" in err
+    rc, out, _ = run(capsys, "status", "--json")
+    assert json.loads(out) == []
+
+
+def test_a_host_with_a_broken_key_fails_its_own_line_of_reconcile(
+        local: LabHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, local)
+    broken = tmp_path / "broken_key"
+    broken.write_bytes(local.spec.private_key.read_bytes())
+    rc, _, err = run(capsys, "hosts", "add", "bad", f"ssh://{local.spec.user}@127.0.0.1:{local.spec.port}",
+                     "--key", str(broken), "--known-host-key", local.spec.known_host_key or "")
+    assert rc == 0, err
+    broken.write_text("garbage, not a key\n")  # broken after it was added
+    rc, out, err = run(capsys, "reconcile")
+    assert rc == 3
+    assert "lab: reachable" in out
+    assert "bad: UNAVAILABLE (cannot use the private key" in out
+    assert "unavailable: bad" in err

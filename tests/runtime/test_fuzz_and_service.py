@@ -63,7 +63,12 @@ async def test_orphans_and_one_log_line_per_job(local_host: LabHost, tmp_path: P
     await t.run(f"sqlite3 {B}/server.db \"INSERT INTO jobs (id) VALUES ('{stranger}')\" && "
                 f"{B}/bin/job_wrapper.sh {stranger} true", check=True)
     mine = (await submit(t, store, local_host.target, ["true"], job_id=f"mine-{uuid.uuid4().hex[:8]}")).job_id
-    await asyncio.sleep(0.5)
+
+    async def recorded() -> bool:
+        r = await t.run(f"cat {B}/jobs/{mine}.status 2>/dev/null")
+        return '"db":"ok"' in r.stdout and '"completed"' in r.stdout
+
+    await wait_until(recorded)
     with caplog.at_level(logging.INFO, logger="jobkit.reconcile"):
         report = await reconcile_host(t, store, local_host.target)
     assert stranger in report.orphans
@@ -87,11 +92,11 @@ async def test_periodic_service_ticks_skips_overlaps_and_stops_cleanly(local_hos
     await asyncio.sleep(0)
     await first
     await wait_until(lambda: _final(store, job), seconds=15)
+    loop_task = service._task
+    assert loop_task is not None
     await service.stop()
-    ticks = service.ticks
-    await asyncio.sleep(0.8)
-    assert service.ticks == ticks  # stopped: no more ticks
-    assert ticks >= 2
+    assert loop_task.done()  # stopped: the timer is gone, so no tick can come
+    assert service.ticks >= 2
     assert service.skipped >= 1
     await t.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -98,8 +97,8 @@ async def test_runner_restarted_while_jobs_finish(host: LabHost, tmp_path: Path,
     second.sync.close()
 
 
-async def test_wrapper_sigkilled_becomes_failed_after_grace(host: LabHost, store: AsyncStore,
-                                                            transport: SSHTransport) -> None:
+async def test_wrapper_and_job_sigkilled_become_lost_after_grace(host: LabHost, store: AsyncStore,
+                                                                 transport: SSHTransport) -> None:
     job = (await submit(transport, store, host.target, ["sleep", "60"], job_id=jid("kill9"))).job_id
     await wait_until(lambda: _has_state(transport, job))
     first = await reconcile_host(transport, store, host.target)
@@ -107,12 +106,18 @@ async def test_wrapper_sigkilled_becomes_failed_after_grace(host: LabHost, store
     st = await state_on_host(transport, job)
     await transport.run(f"kill -s KILL {st['wrapper_pid']}; kill -s KILL -- -{st['pgid']} 2>/dev/null || "
                         f"kill -s KILL -{st['pgid']}", check=True)
-    await asyncio.sleep(0.3)
+
+    async def gone() -> bool:
+        return (await transport.run(f"kill -0 {st['pid']} 2>/dev/null || kill -0 {st['wrapper_pid']}")).exit_status != 0
+
+    await wait_until(gone)
     within = await reconcile_host(transport, store, host.target, grace=60)
     assert next(v for v in within.verdicts if v.job_id == job).status is JobStatus.RUNNING
     after = await reconcile_host(transport, store, host.target, grace=0)
     v = next(v for v in after.verdicts if v.job_id == job)
-    assert (v.status, v.reason) == (JobStatus.FAILED, SIGKILL_REASON)
+    # nothing recorded how it ended: unknown, never presented as failed
+    assert (v.status, v.exit_code) == (JobStatus.LOST, None)
+    assert v.reason.startswith(SIGKILL_REASON)
 
 
 async def test_tmux_server_killed_is_failed(host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
@@ -130,16 +135,22 @@ async def test_database_locked_answer_from_state_file(host: LabHost, store: Asyn
                                                       transport: SSHTransport) -> None:
     job = (await submit(transport, store, host.target, ["true"], job_id=jid("locked"))).job_id
     await wait_until(lambda: final_on_host(transport, job))
+    held, released = f"$HOME/.jobkit/held-{job}", f"$HOME/.jobkit/released-{job}"  # one word for sqlite3's .system
     await transport.run(  # an exclusive lock that also keeps readers out (WAL lets readers in otherwise)
         f"(printf 'PRAGMA locking_mode=EXCLUSIVE;\\nBEGIN EXCLUSIVE;\\nUPDATE jobs SET host = host;\\n"
-        f".system sleep 4\\nCOMMIT;\\n' | sqlite3 {B}/server.db) >/dev/null 2>&1 &", check=True)
-    await asyncio.sleep(0.5)
+        f".system touch {held}\\n.system sleep 4\\nCOMMIT;\\n' | sqlite3 {B}/server.db; touch {released}) "
+        ">/dev/null 2>&1 &", check=True)
+
+    async def exists(path: str) -> bool:
+        return (await transport.run(f"test -e {path}")).exit_status == 0
+
+    await wait_until(lambda: exists(held))
     start = time.monotonic()
     report = await reconcile_host(transport, store, host.target)
     assert time.monotonic() - start < 5
     v = next(v for v in report.verdicts if v.job_id == job)
     assert (v.status, v.source, v.said["database"]) == (JobStatus.COMPLETED, Source.STATE_FILE, "locked")
-    await asyncio.sleep(4)
+    await wait_until(lambda: exists(released))
 
 
 async def test_state_file_deleted_answer_from_database(host: LabHost, store: AsyncStore,
@@ -173,8 +184,13 @@ async def test_sessions_are_targeted_exactly(host: LabHost, store: AsyncStore, t
     await wait_until(lambda: _has_state(transport, short))
     await transport.run(f"rm {B}/jobs/{short}.status", check=True)  # cancel must fall back to the session
     assert await cancel(transport, short) == "killed-session"
-    await asyncio.sleep(0.5)
-    sessions = (await transport.run(f"tmux -S {B}/tmux.sock list-sessions -F '#{{session_name}}'")).stdout.split()
-    assert long_job in sessions
-    assert short not in sessions
+
+    async def sessions() -> list[str]:
+        return (await transport.run(f"tmux -S {B}/tmux.sock list-sessions -F '#{{session_name}}'")).stdout.split()
+
+    async def short_gone() -> bool:
+        return short not in await sessions()
+
+    await wait_until(short_gone)
+    assert long_job in await sessions()
     await cancel(transport, long_job)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobkit.merge import LOST_REASON, SIGKILL_REASON, merge
-from jobkit.models import DbEvidence, Evidence, FileEvidence, HostState, JobStatus, Known, Liveness, Source
+from jobkit.merge import LOST_REASON, NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT, merge
+from jobkit.models import Claim, DbEvidence, Evidence, FileEvidence, HostState, JobStatus, Known, Liveness, Source
 
 pytestmark = pytest.mark.unit
 UP = HostState(reachable=True, boot_id="boot-a", now_epoch=1000.0)
@@ -17,8 +17,8 @@ NOTHING_LIVE = Liveness()
 
 
 def ev(db: DbEvidence | None = None, file: FileEvidence | None = None, live: Liveness = NOTHING_LIVE,
-       host: HostState = UP) -> Evidence:
-    return Evidence("j1", host, db, file, live)
+       host: HostState = UP, claim: Claim | None = None) -> Evidence:
+    return Evidence("j1", host, db, file, live, claim)
 
 
 RUNNING = Known(JobStatus.RUNNING, submitted_epoch=900, last_alive_epoch=900, boot_id="boot-a")
@@ -51,20 +51,73 @@ def test_liveness_answers_when_both_stores_are_gone() -> None:
     assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS)
 
 
-def test_running_with_the_process_gone_fails_after_the_grace_period() -> None:
+def test_running_with_the_process_gone_is_lost_after_the_grace_period_never_failed() -> None:
+    # nothing recorded how it ended: its exit status is unknown, so it is never presented as failed
     evidence = ev(DbEvidence("ok", "running"), FileEvidence("ok", "running", boot_id="boot-a"),
                   Liveness(job_alive=False, wrapper_alive=False))
     within = merge(evidence, Known(JobStatus.RUNNING, last_alive_epoch=990), grace=30)
     assert within.status is JobStatus.RUNNING
     after = merge(evidence, Known(JobStatus.RUNNING, last_alive_epoch=900), grace=30)
-    assert (after.status, after.reason) == (JobStatus.FAILED, SIGKILL_REASON)
+    assert after.status is JobStatus.LOST
+    assert after.reason.startswith(SIGKILL_REASON)
+    assert UNKNOWN_EXIT in after.reason
+    assert after.exit_code is None
+
+
+def test_a_job_never_seen_alive_gets_the_grace_period_too() -> None:
+    # the state file says running (started at 990, host clock), the store never saw it alive
+    evidence = ev(DbEvidence("ok", "running"), FileEvidence("ok", "running", started_epoch=990),
+                  Liveness(job_alive=False, wrapper_alive=False))
+    assert merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=985), grace=30).status is JobStatus.RUNNING
+    late = ev(DbEvidence("ok", "running"), FileEvidence("ok", "running", started_epoch=900),
+              Liveness(job_alive=False, wrapper_alive=False))
+    assert merge(late, Known(JobStatus.QUEUED, submitted_epoch=895), grace=30).status is JobStatus.LOST
+
+
+def test_a_job_that_outlived_its_killed_wrapper_is_lost_with_what_is_known() -> None:
+    alive = merge(ev(DbEvidence("ok", "running"), FileEvidence("ok", "running"),
+                     Liveness(job_alive=True, wrapper_alive=False)), RUNNING)
+    assert (alive.status, alive.alive, alive.wrapper_gone) == (JobStatus.RUNNING, True, True)
+    gone = merge(ev(DbEvidence("ok", "running"), FileEvidence("ok", "running"),
+                    Liveness(job_alive=False, wrapper_alive=False)),
+                 Known(JobStatus.RUNNING, last_alive_epoch=950, wrapper_gone_epoch=920), grace=30)
+    assert gone.status is JobStatus.LOST
+    assert "wrapper killed" in gone.reason
+    assert "ran until about" in gone.reason
+    assert UNKNOWN_EXIT in gone.reason
 
 
 def test_a_changed_boot_id_means_the_host_rebooted() -> None:
     v = merge(ev(DbEvidence("ok", "running"), FileEvidence("ok", "running", boot_id="boot-old"),
                  Liveness(job_alive=False)), RUNNING)
-    assert v.status is JobStatus.FAILED
+    assert v.status is JobStatus.LOST  # not running any more, and nothing recorded its end
     assert "rebooted" in v.reason
+
+
+def test_a_recorded_final_status_is_kept_and_a_contradiction_reported() -> None:
+    v = merge(ev(DbEvidence("ok", "failed", 1), FileEvidence("ok", "failed", 1)), Known(JobStatus.COMPLETED, 0))
+    assert (v.status, v.exit_code, v.conflict) == (JobStatus.COMPLETED, 0, True)
+    assert "CONFLICT" in v.reason
+
+
+def test_a_host_record_of_another_submission_is_never_this_jobs() -> None:
+    theirs = ev(DbEvidence("ok", "completed", 0, token="theirs"), FileEvidence("ok", "completed", 0))
+    v = merge(theirs, Known(JobStatus.QUEUED, submitted_epoch=990, token="mine"))
+    assert v.status is JobStatus.FAILED
+    assert v.reason.startswith(NEVER_STARTED_REASON)
+    assert "another submission" in v.reason
+    # a row without a token (a foreign wrapper's client) cannot be told apart: it is trusted
+    untokened = ev(DbEvidence("ok", "completed", 0), FileEvidence("ok", "completed", 0))
+    assert merge(untokened, Known(JobStatus.QUEUED, token="mine")).status is JobStatus.COMPLETED
+
+
+def test_a_wrapper_that_claimed_the_id_and_vanished_without_state_is_lost() -> None:
+    starting = merge(ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False),
+                        claim=Claim("wrapper", 42, True)), Known(JobStatus.QUEUED, submitted_epoch=990))
+    assert starting.status is JobStatus.RUNNING
+    vanished = merge(ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False),
+                        claim=Claim("wrapper", 42, False)), Known(JobStatus.QUEUED, submitted_epoch=990))
+    assert vanished.status is JobStatus.LOST
 
 
 def test_an_unreachable_host_keeps_the_last_status_stale_and_never_fails() -> None:
@@ -75,16 +128,20 @@ def test_an_unreachable_host_keeps_the_last_status_stale_and_never_fails() -> No
 
 def test_nothing_anywhere_is_state_lost() -> None:
     v = merge(ev(DbEvidence("no_row"), FileEvidence("missing"), Liveness(job_alive=None, tmux_session=False)),
-              Known(JobStatus.QUEUED, submitted_epoch=0))
+              Known(JobStatus.RUNNING, submitted_epoch=0))
     assert (v.status, v.reason) == (JobStatus.LOST, LOST_REASON)
 
 
-def test_queued_with_nothing_on_the_host_fails_as_never_started_after_the_grace() -> None:
-    evidence = ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False))
-    assert merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=990), grace=30).status is JobStatus.QUEUED
-    late = merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=900), grace=30)
+def test_queued_with_nothing_on_the_host_stays_queued_until_fenced_then_never_started() -> None:
+    evidence = ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False),
+                  claim=Claim("absent"))
+    for submitted in (990, 0):  # however long ago: without a fence, a launch may still be in flight
+        assert merge(evidence, Known(JobStatus.QUEUED, submitted_epoch=submitted), grace=30).status is JobStatus.QUEUED
+    fenced = ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(tmux_session=False),
+                claim=Claim("fenced"))
+    late = merge(fenced, Known(JobStatus.QUEUED, submitted_epoch=900), grace=30)
     assert late.status is JobStatus.FAILED
-    assert late.reason.startswith("Job never started")
+    assert late.reason.startswith(NEVER_STARTED_REASON)
 
 
 def test_a_final_status_never_moves_backwards() -> None:
@@ -96,45 +153,68 @@ def test_a_final_status_never_moves_backwards() -> None:
 # --- properties -----------------------------------------------------------------------------
 statuses = st.sampled_from(["queued", "running", "completed", "failed", "bogus", None])
 codes = st.one_of(st.none(), st.integers(0, 255))
+tokens = st.sampled_from([None, "mine", "theirs"])
+boots = st.sampled_from([None, "boot-a", "boot-b"])
+epochs = st.one_of(st.none(), st.floats(0, 5000))
 dbs = st.one_of(st.none(), st.builds(
     DbEvidence, st.sampled_from(["ok", "ok", "no_row", "missing", "locked", "corrupt", "error"]), statuses, codes,
-    st.sampled_from([None, "TERM", "KILL"]), st.none(), st.none(), st.sampled_from([None, "boot-a", "boot-b"])))
+    st.sampled_from([None, "TERM", "KILL"]), st.one_of(st.none(), st.integers(0, 5000)), st.none(), boots,
+    st.none(), tokens))
 files = st.one_of(st.none(), st.builds(
     FileEvidence, st.sampled_from(["ok", "ok", "missing", "invalid"]), statuses, codes, st.none(),
-    st.one_of(st.none(), st.integers(1, 99999)), st.none(), st.none(), st.sampled_from([None, "boot-a", "boot-b"])))
+    st.one_of(st.none(), st.integers(1, 99999)), st.none(), st.none(), boots,
+    st.one_of(st.none(), st.integers(0, 5000))))
 lives = st.builds(Liveness, st.sampled_from([None, True, False]), st.sampled_from([None, True, False]),
                   st.sampled_from([None, True, False]))
-hosts = st.builds(HostState, st.booleans(), st.none(), st.sampled_from([None, "boot-a", "boot-b"]),
-                  st.floats(0, 5000))
-knowns = st.builds(Known, st.sampled_from(list(JobStatus)), codes, st.one_of(st.none(), st.floats(0, 5000)),
-                   st.one_of(st.none(), st.floats(0, 5000)))
-evidences = st.builds(Evidence, st.just("j1"), hosts, dbs, files, lives)
+claims = st.one_of(st.none(), st.builds(Claim, st.sampled_from(["absent", "wrapper", "fenced", "other"]),
+                                        st.none(), st.sampled_from([None, True, False])))
+hosts = st.builds(HostState, st.booleans(), st.none(), boots, st.floats(0, 5000))
+knowns = st.builds(Known, st.sampled_from(list(JobStatus)), codes, epochs, epochs, boots, tokens, epochs, epochs)
+evidences = st.builds(Evidence, st.just("j1"), hosts, dbs, files, lives, claims)
 
 
-def finals_in(e: Evidence) -> set[JobStatus]:
+def foreign(e: Evidence, known: Known) -> bool:
+    return bool(e.db is not None and e.db.state == "ok" and e.db.token and known.token and e.db.token != known.token)
+
+
+def finals_in(e: Evidence) -> set[tuple[JobStatus, int | None]]:
     out = set()
     if e.db is not None and e.db.state == "ok" and e.db.status in ("completed", "failed"):
-        out.add(JobStatus(e.db.status))
+        out.add((JobStatus(e.db.status), e.db.exit_code))
     if e.file is not None and e.file.state == "ok" and e.file.status in ("completed", "failed"):
-        out.add(JobStatus(e.file.status))
+        out.add((JobStatus(e.file.status), e.file.exit_code))
     return out
-
 
 
 @given(evidences, knowns)
 def test_never_contradicts_a_final_state_present_in_any_source(e: Evidence, known: Known) -> None:
     v = merge(e, known)
-    if e.host.reachable and finals_in(e):
-        assert v.status in finals_in(e)
     if not e.host.reachable:
         assert (v.status, v.stale) == (known.status, True)
+    elif known.status.final:
+        assert (v.status, v.exit_code) == (known.status, known.exit_code)
+    elif finals_in(e) and not foreign(e, known):
+        assert (v.status, v.exit_code) in finals_in(e)
 
+
+@given(evidences, knowns)
+def test_never_guesses_an_outcome(e: Evidence, known: Known) -> None:
+    """A final verdict comes from a record of the end (a source, or the store already), or is the
+    fact "never started" (the id fenced on the host, or taken by another submission); an exit code
+    is never invented."""
+    v = merge(e, known)
+    if not v.status.final:
+        assert v.exit_code == known.exit_code or v.exit_code is None
+        return
+    recorded = (v.status, v.exit_code) in finals_in(e) or (v.status, v.exit_code) == (known.status, known.exit_code)
+    never_started = v.status is JobStatus.FAILED and v.exit_code is None and (
+        foreign(e, known) or (e.claim is not None and e.claim.state == "fenced"))
+    assert recorded or never_started, (e, known, v)
 
 
 @given(evidences, knowns)
 def test_is_deterministic(e: Evidence, known: Known) -> None:
     assert merge(e, known) == merge(e, known)
-
 
 
 @given(st.lists(evidences, min_size=1, max_size=8), knowns)
@@ -143,8 +223,10 @@ def test_is_monotonic_over_time(seq: list[Evidence], start: Known) -> None:
     for e in seq:
         v = merge(e, known)
         if known.status.final:
-            assert v.status.final, (known, e, v)
+            assert (v.status, v.exit_code) == (known.status, known.exit_code), (known, e, v)
         elif known.status is JobStatus.RUNNING:
             assert v.status is not JobStatus.QUEUED, (known, e, v)
         known = Known(v.status, v.exit_code, known.submitted_epoch,
-                      e.host.now_epoch if v.alive else known.last_alive_epoch, known.boot_id)
+                      e.host.now_epoch if v.alive else known.last_alive_epoch, known.boot_id, known.token,
+                      known.started_epoch,
+                      known.wrapper_gone_epoch or (e.host.now_epoch if v.wrapper_gone else None))
