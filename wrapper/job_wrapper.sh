@@ -60,9 +60,15 @@ wtmp=$tmp
 sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0 db_pid='' db_run_pid=''
 
 
-signal_group() { # SIG PGID; dash/mksh need `--` before a negative pid, BusyBox rejects it
-  kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "-$2" 2>/dev/null
-}
+# signal_group SIG PGID: its status says whether the group was signalled. kill's syntax for a
+# negative pid is decided once, by a builtin call: dash, mksh and procps kill(1) need `--` before
+# it; BusyBox rejects `--` ("invalid number") yet still signals the group, so trying one form and
+# then the other would report the second one's ESRCH for a group the first one just killed.
+if kill -s 0 -- "$$" 2>/dev/null; then
+  signal_group() { kill -s "$1" -- "-$2" 2>/dev/null; }
+else
+  signal_group() { kill -s "$1" "-$2" 2>/dev/null; }
+fi
 
 start_timer() { # after the grace period, SIGKILL whatever is left of the job's group
   [ -z "$timer_pid" ] || return 0
@@ -72,8 +78,9 @@ start_timer() { # after the grace period, SIGKILL whatever is left of the job's 
     sleep "$grace" &
     s=$!
     # Once the grace is over, a late TERM from the wrapper must not turn a kill that happened
-    # into "no forced kill": stop listening before sending it.
-    wait "$s" && { trap '' TERM; signal_group KILL "$job_pid"; }
+    # into "no forced kill": stop listening before sending it. Forced means what happened: the
+    # group still had a live member and was sent SIGKILL (exit 0).
+    wait "$s" && { trap '' TERM; group_alive "$job_pid" && signal_group KILL "$job_pid"; }
   ) &
   timer_pid=$!
 }
@@ -97,7 +104,7 @@ trap 'on_signal USR2 12' USR2
 
 group_alive() { # PGID: is a live process left in the group? Zombies do not count: whoever
   # adopted them (pid 1 of a container, a sandbox's init) may reap them late.
-  kill -0 -- "-$1" 2>/dev/null || kill -0 "-$1" 2>/dev/null || return 1
+  signal_group 0 "$1" || return 1
   for st in /proc/[0-9]*/stat; do
     g_line=''
     { read -r g_line <"$st"; } 2>/dev/null || continue

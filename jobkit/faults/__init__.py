@@ -120,6 +120,14 @@ async def _root(host: HostHandle, command: str) -> None:
             raise JobkitError(f"root command failed: {command}", stderr=r.stderr)
 
 
+def _kill_group(sig: str, pgid: str) -> str:
+    """Shell that sends SIG to process group PGID (a shell word) with the host's kill: dash and
+    mksh need `--` before a negative pid; BusyBox rejects it ("invalid number") yet signals the
+    group, so the form is chosen first (a kill -s 0 of the shell itself), never retried."""
+    return (f'{{ if kill -s 0 -- "$$" 2>/dev/null; then kill -s {sig} -- "-{pgid}"; '
+            f'else kill -s {sig} "-{pgid}"; fi; }}')
+
+
 def _shim_script(base: str, drop: str, extra: str = "") -> str:
     """Shell that builds a PATH shim dir of symlinks to everything on PATH except ``drop``."""
     return (
@@ -170,15 +178,12 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
         field_name = "pgid" if fault is Fault.SIGKILL_JOB_GROUP else "wrapper_pid"
         sig = {"SIGKILL_WRAPPER": "KILL", "SIGTERM_WRAPPER": "TERM", "SIGHUP_WRAPPER": "HUP",
                "SIGKILL_JOB_GROUP": "KILL"}[fault.name]
-        # BusyBox's kill rejects `--` before a negative pid; dash and mksh need it
-        kill = (f"{{ kill -s {sig} -- -$p 2>/dev/null || kill -s {sig} -$p; }}" if fault is Fault.SIGKILL_JOB_GROUP
-                else f"kill -s {sig} $p")
+        kill = _kill_group(sig, "$p") if fault is Fault.SIGKILL_JOB_GROUP else f"kill -s {sig} $p"
         await t.run(f"p=$(sed -n 's/.*\"{field_name}\":\\([0-9][0-9]*\\).*/\\1/p' {state}); [ -n \"$p\" ] && "
                     f"{kill}", check=True)
         if fault is Fault.SIGKILL_WRAPPER:  # nothing is left running after restore
             inj._restore.append(f"p=$(sed -n 's/.*\"pgid\":\\([0-9][0-9]*\\).*/\\1/p' {state}); "
-                                "[ -z \"$p\" ] || kill -s KILL -- -$p 2>/dev/null || "
-                                "kill -s KILL -$p 2>/dev/null; true")
+                                f"[ -z \"$p\" ] || {_kill_group('KILL', '$p')} 2>/dev/null; true")
     elif fault is Fault.KILL_TMUX_SESSION:
         await t.run(f"tmux -S {b}/tmux.sock kill-session -t ={shlex.quote(job_id or '')}", check=True)
     elif fault is Fault.KILL_TMUX_SERVER:

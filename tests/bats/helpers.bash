@@ -100,3 +100,12 @@ group_gone() {
     sleep 0.05
   done
 }
+
+# wait_final ID [SECONDS]: poll the state file until it is final (completed or failed)
+wait_final() {
+  local deadline=$((SECONDS + ${2:-10}))
+  until [[ $(jq -r .status "$(state_file "$1")" 2>/dev/null) =~ ^(completed|failed)$ ]]; do
+    ((SECONDS < deadline)) || { echo "state of $1 never became final: $(cat "$(state_file "$1")" 2>&1)" >&2; return 1; }
+    sleep 0.02
+  done
+}

@@ -136,6 +136,30 @@ signal_test() { # SIGNAL NUMBER: the wrapper forwards it to the job's group and 
   group_gone "$pid"   # nothing of the job's group survives
 }
 
+@test "30 TERM-ignoring jobs cancelled at once: every one SIGKILLed after the grace, forced_kill true" {
+  local n=30 i ready=$BATS_TEST_TMPDIR/ready pids=() bad=()
+  mkdir -p "$ready"
+  for i in $(seq 1 "$n"); do echo "INSERT INTO jobs (id) VALUES ('fk-$i');"; done | sql
+  for i in $(seq 1 "$n"); do
+    start_wrapper "fk-$i" sh -c "trap '' TERM; : >'$ready/$i'; sleep 30" >/dev/null 2>&1
+    pids+=("$WPID")
+  done
+  local deadline=$((SECONDS + 30))
+  until [ "$(find "$ready" -type f | wc -l)" -eq "$n" ]; do # every job ignores TERM now
+    ((SECONDS < deadline)) || fail "only $(find "$ready" -type f | wc -l) of $n jobs started"
+    sleep 0.05
+  done
+  kill -s TERM "${pids[@]}"
+  for i in $(seq 1 "$n"); do wait_final "fk-$i" 20; done
+  for i in $(seq 1 "$n"); do
+    local rc=0
+    wait "${pids[$((i - 1))]}" || rc=$?
+    [ "$rc" = 143 ] && [ "$(field "fk-$i" forced_kill)" = true ] || bad+=("fk-$i:rc=$rc:$(cat "$(state_file "fk-$i")")")
+  done
+  ((${#bad[@]} == 0)) || fail "$(printf '%s\n' "${bad[@]}")"
+  for i in $(seq 1 "$n"); do group_gone "$(job_pid "fk-$i")"; done
+}
+
 @test "a job killed by SIGKILL is recorded failed 137 KILL" {
   add_row k1
   start_wrapper k1 sleep 30
