@@ -71,6 +71,7 @@ class SSHTransport:
         self._failures = 0
         self._next_attempt = 0.0
         self._reapers: set[asyncio.Task[None]] = set()
+        self._dropped: set[asyncssh.SSHClientConnection] = set()  # closing: close() waits for them
 
     @property
     def host_name(self) -> str:
@@ -236,6 +237,8 @@ class SSHTransport:
             return
         if self._conn is conn:
             self._conn = None
+        self._dropped = {c for c in self._dropped if not c.is_closed()}
+        self._dropped.add(conn)
         if abort:
             conn.abort()
         else:
@@ -247,13 +250,18 @@ class SSHTransport:
             task.cancel()
         if self._reapers:
             await asyncio.gather(*self._reapers, return_exceptions=True)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            try:
-                await asyncio.wait_for(conn.wait_closed(), self._close_grace)
-            except (TimeoutError, asyncssh.Error, OSError):
-                conn.abort()
+        conns, self._dropped = {self._conn, *self._dropped} - {None}, set()
+        self._conn = None
+        await asyncio.gather(*(self._shut(c) for c in conns if c is not None))
+
+    async def _shut(self, conn: asyncssh.SSHClientConnection) -> None:
+        conn.close()
+        try:
+            await asyncio.wait_for(conn.wait_closed(), self._close_grace)
+        except (TimeoutError, asyncssh.Error, OSError):
+            conn.abort()
+            # abort() closes the socket at once; let the loop run its callbacks
+            await asyncio.sleep(0)
 
 
 def _exit_status(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int | None:
