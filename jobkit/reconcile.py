@@ -42,7 +42,7 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
     report = HostReport(host)
     # a job queued for longer than the grace period is fenced if nothing of it is on the host
     # (its id is claimed there so a launch still in flight can never start it); client clock
-    wall = time.time()
+    wall = time.time()  # also when the evidence is gathered
     queries = [JobQuery(j.id, j.pid, j.proc_start,
                         fence=j.status is JobStatus.QUEUED and j.submitted_at is not None
                         and wall - j.submitted_at > grace) for j in jobs]
@@ -62,7 +62,7 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
             facts = {"pid": ev.db.pid, "boot_id": ev.db.boot_id, "started_epoch": ev.db.started_epoch,
                      "completed_epoch": ev.db.completed_epoch}
         facts["host_now"] = result.host.now_epoch
-        updates.append(Update(verdict, job.version, facts))
+        updates.append(Update(verdict, job.version, facts, wall))
         report.verdicts.append(verdict)
         if ev.claim is not None and ev.claim.state == "fenced" and verdict.status is JobStatus.FAILED:
             report.fenced.append(job.id)

@@ -200,6 +200,55 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_history(args: argparse.Namespace) -> int:
+    from jobkit.history import check_history, host_records
+    from jobkit.probe import JobQuery, probe
+
+    store = Store(store_path())
+    entries = store.history_entries()
+    hosts = [store.host(args.host)] if args.host else store.hosts()
+    jobs = store.jobs(args.host) if args.host else store.jobs()
+    unchecked: list[str] = []
+    records: dict[str, list[tuple[str, str, int | None]]] = {}
+
+    async def gather() -> None:
+        async def one(spec: HostSpec) -> None:
+            mine = [j for j in jobs if j.host == spec.name]
+            if not mine:
+                return
+            t = SSHTransport(spec)
+            try:
+                result = await probe(t, [JobQuery(j.id) for j in mine], spec.base_dir, args.timeout)
+            finally:
+                await t.close()
+            if not result.host.reachable:
+                unchecked.append(f"{spec.name} ({result.host.error})")
+                return
+            records.update(host_records(result.evidence, {j.id: j.token for j in mine}))
+
+        await asyncio.gather(*(one(h) for h in hosts))
+
+    if not args.no_hosts:
+        asyncio.run(gather())
+    if args.host:
+        entries = [e for e in entries if e.job_id in {j.id for j in jobs}]
+    violations = check_history(entries, None if args.no_hosts else records)
+    if args.json:
+        print(json.dumps({"entries": len(entries), "jobs": len({e.job_id for e in entries}),
+                          "violations": [v.as_dict() for v in violations], "hosts_not_checked": unchecked},
+                         indent=2))
+    else:
+        for v in violations:
+            print(v.line())
+        print(f"{len(entries)} history entries of {len({e.job_id for e in entries})} job(s): "
+              f"{len(violations)} impossible transition(s)"
+              + (f"; not compared with the host: {', '.join(unchecked)}" if unchecked else ""))
+    store.close()
+    if violations:
+        return 1
+    return 3 if unchecked else 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logging.basicConfig(level=os.environ.get("JOBKIT_LOG", "WARNING"), format="%(name)s: %(message)s")
     p = sub.add_parser("submit", help="run a command on a host: jobkit submit HOST -- CMD...")
@@ -222,6 +271,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cancel", help="stop a job (TERM to its wrapper, forwarded to the job's group)")
     p.add_argument("job")
     p.set_defaults(handler=cmd_cancel)
+    p = sub.add_parser("check-history", help="report every impossible transition in the store's status history "
+                                             "(and final statuses the hosts' records contradict)")
+    p.add_argument("--host", help="only this host's jobs")
+    p.add_argument("--no-hosts", action="store_true", help="check the history alone, without asking the hosts")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-host bound in seconds (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_check_history)
     hosts = sub.add_parser("hosts", help="hosts jobs run on")
     hsub = hosts.add_subparsers(dest="hosts_command", metavar="COMMAND", required=True)
     p = hsub.add_parser("add", help="add or update a host")

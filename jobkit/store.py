@@ -64,6 +64,16 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER jobs_version_advances BEFORE UPDATE ON jobs WHEN NEW.version <= OLD.version
            BEGIN SELECT RAISE(ABORT, 'jobkit: every change of a job row advances its version'); END""",
     ],
+    # 3: each history entry says what it recorded and from what: the exit code, the row version it
+    # produced, and when the evidence behind it was gathered (`jobkit check-history` reads them)
+    [
+        "ALTER TABLE job_status_history ADD COLUMN exit_code INTEGER",
+        "ALTER TABLE job_status_history ADD COLUMN version INTEGER",
+        "ALTER TABLE job_status_history ADD COLUMN observed_at REAL",
+        """CREATE TRIGGER jobs_never_requeued BEFORE UPDATE ON jobs
+           WHEN OLD.status = 'running' AND NEW.status = 'queued'
+           BEGIN SELECT RAISE(ABORT, 'jobkit: a running job never goes back to queued'); END""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ACTIVE = ("queued", "running", "lost")
@@ -174,7 +184,7 @@ class Store:
                 "INSERT INTO jobs (id, host, command, status, status_source, reason, created_at, submitted_at, "
                 "updated_at, token) VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?, ?)",
                 (job_id, host, json.dumps(command), now, now, now, token))
-            self._history(job_id, "queued", now, "client", "submitted")
+            self._history(job_id, "queued", now, "client", "submitted", None, 0, now)
 
     def forget_unlaunched(self, job_id: str, token: str | None) -> bool:
         """Remove a job whose launch was refused before anything started (its id was used on
@@ -211,7 +221,8 @@ class Store:
                 (f"launch failed: {error}", error, now, now, job_id))
             if cur.rowcount != 1:
                 return False
-            self._history(job_id, "failed", now, "client", f"launch failed: {error}")
+            version = self._db.execute("SELECT version FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            self._history(job_id, "failed", now, "client", f"launch failed: {error}", None, version, now)
             return True
 
     def apply(self, updates: Iterable[Update], now: float | None = None) -> Applied:
@@ -234,6 +245,8 @@ class Store:
                     continue
                 if JobStatus(row["status"]).final and row["status"] != v.status.value:
                     raise StoreError(f"{v.job_id}: refusing to replace final {row['status']} by {v.status.value}")
+                if row["status"] == "running" and v.status is JobStatus.QUEUED:
+                    raise StoreError(f"{v.job_id}: refusing to move running back to queued")
                 host_now = facts.get("host_now") or now
                 self._db.execute(
                     "UPDATE jobs SET status=?, status_source=?, reason=?, stale=?, conflict=?, "
@@ -250,16 +263,28 @@ class Store:
                      facts.get("started_epoch"), now, v.job_id, u.version))
                 if row["status"] != v.status.value:
                     result.changed += 1
-                    self._history(v.job_id, v.status.value, now, v.source.value, v.reason)
+                    self._history(v.job_id, v.status.value, now, v.source.value, v.reason, v.exit_code,
+                                  u.version + 1, u.observed_at)
         return result
 
     def history(self, job_id: str) -> list[tuple[str, float, str, str | None]]:
-        return [(r["status"], r["timestamp"], r["source"], r["reason"]) for r in self._db.execute(
-            "SELECT * FROM job_status_history WHERE job_id = ? ORDER BY id", (job_id,))]
+        return [(e.status, e.timestamp, e.source, e.reason) for e in self.history_entries(job_id)]
 
-    def _history(self, job_id: str, status: str, ts: float, source: str, reason: str | None) -> None:
-        self._db.execute("INSERT INTO job_status_history (job_id, status, timestamp, source, reason) "
-                         "VALUES (?, ?, ?, ?, ?)", (job_id, status, ts, source, reason))
+    def history_entries(self, job_id: str | None = None) -> list[HistoryEntry]:
+        """The status history of one job, or of every job (in the order it was written)."""
+        sql, args = "SELECT * FROM job_status_history", [job_id]
+        if job_id is None:
+            args = []
+        else:
+            sql += " WHERE job_id = ?"
+        return [HistoryEntry(r["job_id"], r["status"], r["timestamp"], r["source"], r["reason"], r["exit_code"],
+                             r["version"], r["observed_at"]) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def _history(self, job_id: str, status: str, ts: float, source: str, reason: str | None,
+                 exit_code: int | None, version: int | None, observed_at: float | None) -> None:
+        self._db.execute("INSERT INTO job_status_history (job_id, status, timestamp, source, reason, exit_code, "
+                         "version, observed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (job_id, status, ts, source, reason, exit_code, version, observed_at))
 
     # --- sessions: "while you were away" ----------------------------------------------------
     def last_seen(self) -> float | None:
@@ -290,7 +315,19 @@ class Update:
     verdict: Verdict
     version: int
     facts: dict[str, Any] = field(default_factory=dict)
+    observed_at: float | None = None  # when the evidence was gathered (client clock)
 
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    job_id: str
+    status: str
+    timestamp: float  # when it was written (client clock)
+    source: str
+    reason: str | None
+    exit_code: int | None
+    version: int | None  # the row version this change produced
+    observed_at: float | None  # when the evidence behind it was gathered
 
 @dataclass
 class Applied:

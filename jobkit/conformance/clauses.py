@@ -16,6 +16,7 @@ from typing import Any
 
 from jobkit.conformance.context import Ctx
 from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
+from jobkit.history import check_history
 from jobkit.hosts import HostSpec
 from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import JobStatus, Source, Verdict
@@ -44,9 +45,23 @@ CLAUSES: list[Clause] = []
 
 def clause(cid: str, title: str, fm: str, must: bool = True) -> Callable[[Check], Check]:
     def register(fn: Check) -> Check:
-        CLAUSES.append(Clause(cid, title, fm, fn, must))
+        CLAUSES.append(Clause(cid, title, fm, _history_checked(fn) if cid.startswith("R-") else fn, must))
         return fn
     return register
+
+
+def _history_checked(fn: Check) -> Check:
+    """An R clause also fails when the history its reconciliations wrote holds an impossible
+    transition (jobkit.history: a final status moved, a write over a row it was not computed
+    from, ...)."""
+
+    async def checked(ctx: Ctx) -> None:
+        await fn(ctx)
+        for store in ctx.stores:
+            bad = check_history(store.sync.history_entries())
+            assert not bad, "impossible transitions in the history: " + "; ".join(v.line() for v in bad)
+
+    return checked
 
 
 def need(ctx: Ctx, fault: Fault) -> None:
@@ -421,6 +436,7 @@ def _store(ctx: Ctx) -> tuple[AsyncStore, str]:
 
     d = Path(tempfile.mkdtemp(prefix="jobkit-conf-"))
     store = AsyncStore(Store(d / "store.db"))
+    ctx.stores.append(store)
     ctx.on_cleanup(store.sync.close)
     ctx.on_cleanup(lambda: shutil.rmtree(d, ignore_errors=True))
     name = f"conf-{ctx.target}"

@@ -43,6 +43,7 @@ class Ctx:
         self.evidence = Evidence()
         self.ids: list[str] = []
         self._cleanups: list[Callable[[], object]] = []
+        self.stores: list[Any] = []  # the clause's own local stores (R clauses): history-checked
 
     def on_cleanup(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` when the clause is over (whatever its outcome), last registered first."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +149,44 @@ def test_a_host_with_a_broken_key_fails_its_own_line_of_reconcile(
     assert "lab: reachable" in out
     assert "bad: UNAVAILABLE (cannot use the private key" in out
     assert "unavailable: bad" in err
+
+
+def test_check_history_finds_nothing_in_real_use_and_every_tampered_transition(
+        local: LabHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    add(capsys, local)
+    ids = [run(capsys, "submit", "lab", "--", "sh", "-c", f"exit {code}")[1].strip() for code in (0, 3)]
+    deadline = time.monotonic() + 15
+    while True:
+        _, out, _ = run(capsys, "reconcile", "--json")
+        statuses = {j["id"]: j["status"] for h in json.loads(out)["hosts"] for j in h["jobs"]}
+        if all(statuses.get(i) in ("completed", "failed") for i in ids):
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.2)
+    rc, out, err = run(capsys, "check-history")
+    assert rc == 0, out + err
+    assert "0 impossible transition(s)" in out
+    # a writer that ignored every rule: the job that failed 3 moved back to running, and a history
+    # entry claims the job that completed failed
+    db = sqlite3.connect(tmp_path / "home" / "store.db", isolation_level=None)
+    db.execute("INSERT INTO job_status_history (job_id, status, timestamp, source, exit_code) "
+               "VALUES (?, 'running', 1e10, 'rogue', NULL)", (ids[1],))
+    db.close()
+    rc, out, _ = run(capsys, "check-history", "--json")
+    assert rc == 1
+    found = {(v["job"], v["kind"]) for v in json.loads(out)["violations"]}
+    assert (ids[1], "final_moved") in found
+    rc, out, _ = run(capsys, "check-history", "--no-hosts")
+    assert rc == 1
+    assert f"{ids[1]}: final_moved: failed (exit 3) became running" in out
+    # the host now says the completed job failed (both of its records): the store contradicts it
+    home = local.spec.labels["home"]
+    subprocess.run(["sqlite3", f"{home}/.jobkit/server.db",
+                    f"UPDATE jobs SET status = 'failed', exit_code = 9 WHERE id = '{ids[0]}'"], check=True)
+    state = Path(home) / ".jobkit" / "jobs" / f"{ids[0]}.status"
+    state.write_text(state.read_text().replace('"status":"completed","exit_code":0', '"status":"failed","exit_code":9'))
+    rc, out, _ = run(capsys, "check-history", "--json")
+    found = {(v["job"], v["kind"]) for v in json.loads(out)["violations"]}
+    assert (ids[0], "contradicts_host") in found

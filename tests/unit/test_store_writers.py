@@ -5,6 +5,7 @@ interleaves two stores on one file)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_the_database_itself_refuses_to_move_a_final_status(tmp_path: Path) -> N
     a, _ = two_stores(tmp_path)
     a.add_job("j", "h", ["true"])
     a.apply([Update(verdict("j", JobStatus.FAILED, 3), 0)])
-    raw = sqlite3.connect(tmp_path / "store.db")
+    raw = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     for sql in ("UPDATE jobs SET status = 'running', version = version + 1",
                 "UPDATE jobs SET exit_code = 0, version = version + 1",
                 "UPDATE jobs SET status = 'completed', exit_code = 0, version = version + 1"):
@@ -57,6 +58,10 @@ def test_the_database_itself_refuses_to_move_a_final_status(tmp_path: Path) -> N
             raw.execute(sql)
     with pytest.raises(sqlite3.IntegrityError, match="advances its version"):
         raw.execute("UPDATE jobs SET reason = 'x'")
+    a.add_job("r", "h", ["true"])
+    a.apply([Update(verdict("r", JobStatus.RUNNING), 0)])
+    with pytest.raises(sqlite3.IntegrityError, match="never goes back to queued"):
+        raw.execute("UPDATE jobs SET status = 'queued', version = version + 1 WHERE id = 'r'")
     raw.close()
     with pytest.raises(StoreError, match="refusing to replace final"):
         a.apply([Update(verdict("j", JobStatus.RUNNING), a.job("j").version)])
@@ -117,18 +122,19 @@ class TwoWriters(RuleBasedStateMachine):
         return job
 
     @rule(target=reads, job=jobs, who=st.integers(0, 1))
-    def read(self, job: str, who: int) -> tuple[str, int, int, JobStatus]:
+    def read(self, job: str, who: int) -> tuple[str, int, int, JobStatus, float]:
+        observed = time.time()
         rec = self.stores[who].job(job)
-        return (job, who, rec.version, rec.status)
+        return (job, who, rec.version, rec.status, observed)
 
     @rule(seen=consumes(reads), status=st.sampled_from(list(JobStatus)), code=st.sampled_from([None, 0, 1, 143]))
-    def apply_late(self, seen: tuple[str, int, int, JobStatus], status: JobStatus, code: int | None) -> None:
-        job, who, version, was = seen
-        if was.final and status is not was:
-            return  # the merge never asks this (its rule 3); the database would refuse it
+    def apply_late(self, seen: tuple[str, int, int, JobStatus, float], status: JobStatus, code: int | None) -> None:
+        job, who, version, was, observed = seen
+        if (was.final and status is not was) or (was is JobStatus.RUNNING and status is JobStatus.QUEUED):
+            return  # the merge never asks this (its rules 3 and "never backwards"); the database would refuse it
         store = self.stores[who]
         before = store.job(job)
-        result = store.apply([Update(verdict(job, status, code if status.final else None), version)])
+        result = store.apply([Update(verdict(job, status, code if status.final else None), version, {}, observed)])
         after = store.job(job)
         if before.version != version:
             assert result.superseded == [job]
@@ -145,6 +151,12 @@ class TwoWriters(RuleBasedStateMachine):
         assert self.stores[who].mark_failed_launch(job, "test") == (was is JobStatus.QUEUED)
         if was is JobStatus.QUEUED:
             self.final.setdefault(job, (JobStatus.FAILED, None))
+
+    @invariant()
+    def the_history_checker_finds_nothing(self) -> None:
+        from jobkit.history import check_history
+
+        assert [v.line() for v in check_history(self.stores[0].history_entries())] == []
 
     @invariant()
     def finals_never_move(self) -> None:
