@@ -74,7 +74,10 @@ start_timer() { # after the grace period, SIGKILL whatever is left of the job's 
   [ -z "$timer_pid" ] || return 0
   ( # redirections inside the subshell: yash forks twice for `( ... ) <file &` and $! would lie
     exec </dev/null >/dev/null 2>&1
-    trap 'kill "$s" 2>/dev/null; exit 3' TERM
+    # Only the wrapper's TERM stops it (see stop_timer).
+    trap '' HUP INT QUIT PIPE USR1 USR2
+    s=''
+    trap '[ -z "$s" ] || kill "$s" 2>/dev/null; exit 3' TERM
     sleep "$grace" &
     s=$!
     # Once the grace is over, a late TERM from the wrapper must not turn a kill that happened
@@ -116,6 +119,32 @@ group_alive() { # PGID: is a live process left in the group? Zombies do not coun
     set -- "$1"
   done
   return 1
+}
+
+child_running() { # PID: a child of this shell that has not exited (an exited child is a zombie
+  # until reaped, or already gone; the parent check keeps a reused pid from counting)
+  c_line=''
+  { read -r c_line <"/proc/$1/stat"; } 2>/dev/null || return 1
+  set -f
+  # shellcheck disable=SC2086 # deliberate field splitting: state ppid ...
+  set -- ${c_line##*") "}
+  set +f
+  [ "$#" -ge 2 ] && [ "$1" != Z ] && [ "$2" = "$$" ]
+}
+
+stop_timer() { # TERM to the timer and to its sleep: dash, BusyBox ash and mksh lose a TERM that
+  # arrives before the timer's trap is installed, and yash never runs the traps of a subshell
+  # forked from a trap action (the timer starts in one); the sleep dying ends the timer as well.
+  for st in /proc/[0-9]*/stat; do
+    c_line=''
+    { read -r c_line <"$st"; } 2>/dev/null || continue
+    set -f
+    # shellcheck disable=SC2086 # deliberate field splitting: state ppid ...
+    set -- ${c_line##*") "}
+    set +f
+    [ "$#" -ge 2 ] && [ "$2" = "$timer_pid" ] && kill -s TERM "${c_line%% *}" 2>/dev/null
+  done
+  kill -s TERM "$timer_pid" 2>/dev/null
 }
 
 # --- diagnostics: a log file first; stderr only best effort (it may be a hung-up terminal) --
@@ -432,13 +461,18 @@ reaped=1
 trap '' HUP INT QUIT PIPE TERM USR1 USR2 # cleanup always runs to the end
 
 if [ -n "$timer_pid" ]; then
-  # Group members that ignored the forwarded signal die by the timer's SIGKILL.
-  if group_alive "$job_pid"; then
-    wait "$timer_pid"
-  else
-    kill -s TERM "$timer_pid" 2>/dev/null
-    wait "$timer_pid"
-  fi
+  # Group members that ignored the forwarded signal die by the timer's SIGKILL. As soon as the
+  # group is dead the timer is stopped, again at every poll until it is gone. Polled, never a
+  # blocking wait: right after the leader is reaped a dying member may still look alive, and
+  # the wait would last the whole grace.
+  nap=0.05 polls=0
+  while child_running "$timer_pid"; do
+    group_alive "$job_pid" || stop_timer
+    sleep "$nap" 2>/dev/null || { nap=1; sleep 1; } # no fractional sleep: whole seconds
+    polls=$((polls + 1))
+    [ "$polls" != 20 ] || [ "$nap" != 0.05 ] || nap=0.25 # after a second, a cheaper pace
+  done
+  wait "$timer_pid"
   timer_rc=$?
   [ "$timer_rc" != 0 ] || forced_kill=true
 fi

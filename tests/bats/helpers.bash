@@ -101,6 +101,18 @@ group_gone() {
   done
 }
 
+# now_ms: milliseconds since the epoch
+now_ms() { date +%s%3N; }
+
+# wait_group_has PGID COMM [SECONDS]: poll until a live process named COMM is in the group
+wait_group_has() {
+  local deadline=$((SECONDS + ${3:-10}))
+  until ps -eo pgid=,stat=,comm= | awk -v g="$1" -v c="$2" '$1 == g && $2 !~ /^Z/ && $3 == c { n++ } END { exit !n }'; do
+    ((SECONDS < deadline)) || { echo "no live $2 in group $1" >&2; return 1; }
+    sleep 0.02
+  done
+}
+
 # wait_final ID [SECONDS]: poll the state file until it is final (completed or failed)
 wait_final() {
   local deadline=$((SECONDS + ${2:-10}))

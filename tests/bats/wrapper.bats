@@ -160,6 +160,41 @@ signal_test() { # SIGNAL NUMBER: the wrapper forwards it to the job's group and 
   for i in $(seq 1 "$n"); do group_gone "$(job_pid "fk-$i")"; done
 }
 
+# fast_final_test COMM ARGV...: TERM to the wrapper kills the job (and its child COMM) at once;
+# the final state lands within 1 s although the grace period is 10 s, every time
+fast_final_test() {
+  local comm=$1 k id pid t0 ms rc
+  shift
+  export JOBKIT_KILL_GRACE=10
+  for k in 1 2 3 4 5 6; do
+    id=ff-$k
+    add_row "$id"
+    start_wrapper "$id" "$@" >/dev/null 2>&1
+    wait_status "$id" running
+    pid=$(job_pid "$id")
+    wait_group_has "$pid" "$comm" # the job runs its command, past the wrapper's launcher
+    t0=$(now_ms)
+    kill -s TERM "$WPID"
+    wait_final "$id" 20
+    ms=$(($(now_ms) - t0))
+    rc=0
+    wait "$WPID" || rc=$?
+    assert_equal "$rc" 143
+    assert_final "$id" failed 143 TERM
+    assert_equal "$(field "$id" forced_kill)" false
+    ((ms <= 1000)) || fail "try $k: the final state landed ${ms} ms after the signal (grace 10 s)"
+    group_gone "$pid"
+  done
+}
+
+@test "a job killed by a forwarded signal: final state within 1 s, not after the grace (sleep)" {
+  fast_final_test sleep sleep 100
+}
+
+@test "a job killed by a forwarded signal: final state within 1 s, not after the grace (a child in the group)" {
+  fast_final_test sleep sh -c 'sleep 100; :'
+}
+
 @test "a job killed by SIGKILL is recorded failed 137 KILL" {
   add_row k1
   start_wrapper k1 sleep 30
