@@ -335,23 +335,31 @@ finish_without_job() { # CODE REASON: record failure where possible and exit wit
 }
 
 
+cannot_write() { # REASON: the state directory is unusable; record failed/73 where the DB is usable
+  say "cannot write the state directory $jobs_dir ($1)"
+  now
+  db_update "status = 'failed', exit_code = 73, completed_at = '$now_iso', completed_epoch = ${now_epoch:-NULL}" >/dev/null 2>&1
+  exit 73
+}
+
 [ -d "$jobs_dir" ] || mkdir -p -- "$jobs_dir" 2>/dev/null
-# Claim the id atomically (O_EXCL through noclobber): this is also the check that the state
-# directory is writable, and it makes this wrapper the only writer of the state file.
+# Claim the id atomically: create the log empty with O_EXCL (noclobber), which makes this wrapper
+# the only writer of the state file, then write to it, which proves the state directory can take
+# data. Two steps, because a full disk with free inodes lets the file be created and refuses
+# its first byte: that is "cannot write" (73), not "already used" (67).
 set -C
 claimed=0
-{ printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >"$log" && claimed=1; } 2>/dev/null
+{ true >"$log" && claimed=1; } 2>/dev/null # not `:`: a special builtin's redirection error exits the shell
 set +C
 if [ "$claimed" = 0 ]; then
   if [ -e "$log" ] || [ -e "$state" ]; then
     say "job id already used ($log exists)"
     exit 67
   fi
-  say "cannot write the state directory $jobs_dir"
-  now
-  db_update "status = 'failed', exit_code = 73, completed_at = '$now_iso', completed_epoch = ${now_epoch:-NULL}" >/dev/null 2>&1
-  exit 73
+  cannot_write "cannot create files"
 fi
+{ printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >>"$log"; } 2>/dev/null ||
+  cannot_write "no space for data: the disk is full"
 
 # SQLite locking, WAL and flock are unreliable on network filesystems: refuse them.
 netfs_types=${JOBKIT_NETFS_TYPES-nfs nfs4 cifs smb3 smbfs 9p fuse.sshfs}

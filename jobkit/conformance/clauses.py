@@ -287,18 +287,48 @@ async def w15(ctx: Ctx) -> None:
     assert r.stderr.strip(), "no warning on stderr"
 
 
-@clause("W-16", "full disk under the state directory: the state file is never left partial or empty", "12")
+async def wait_exited(ctx: Ctx, pid: int, seconds: float) -> None:
+    """Poll until process ``pid`` has exited (gone, or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + seconds
+    check = (f"l=; {{ read -r l </proc/{int(pid)}/stat; }} 2>/dev/null || {{ echo gone; exit 0; }}; "
+             "set -- ${l##*') '}; [ \"$1\" = Z ] && echo gone; true")
+    while "gone" not in (await ctx.sh(check, record=False)).stdout:
+        assert time.monotonic() < deadline, f"the wrapper (pid {pid}) was still running after {seconds:g}s"
+        await asyncio.sleep(0.1)
+
+
+@clause("W-16", "full disk under the state directory (blocks full, inodes free) when a running job ends: the state "
+                "file stays one valid JSON object, the previous state or a complete final one, never empty or "
+                "partial, and the failed write is reported", "12")
 async def w16(ctx: Ctx) -> None:
     need(ctx, Fault.FULL_DISK)
     job = await ctx.new_job("full")
+    conf = f"{ctx.base_abs}/.conformance"
+    go = shlex.quote(f"{conf}/{job}.go")  # off the full disk, like the wrapper's output
+    wpid = await ctx.start(job, ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done"])
+    before = await ctx.wait_state(job, ("running",))
     async with await inject(Fault.FULL_DISK, ctx.host):
-        await ctx.run(job, ["true"])
-        raw = await ctx.state_raw(job)
-        if raw is not None:
-            assert raw.strip(), "an empty state file was left"
-            json.loads(raw)
-    raw = await ctx.state_raw(job)  # the real directory again
-    assert raw is None or json.loads(raw)
+        await ctx.sh(f"touch {go}")  # the job ends while the disk is full
+        await wait_exited(ctx, wpid, 60)
+        raw = await ctx.state_raw(job)  # what a reader sees on the full disk
+        # the wrapper's stderr (the suite keeps it off the full disk) and its log
+        report = await ctx.sh(f"cat {shlex.quote(f'{conf}/{job}.out')} {ctx.b}/jobs/{job}.wrapper.log "
+                              "2>/dev/null; true")
+    assert raw is not None, "the state file was lost: the running state written before the disk filled is gone"
+    assert raw.strip(), "an empty state file was left"
+    try:
+        st = json.loads(raw)
+    except ValueError:
+        raise AssertionError(f"a partial or broken state file was left: {raw[:300]!r}") from None
+    assert isinstance(st, dict), f"the state file is not one JSON object: {raw[:300]!r}"
+    if st.get("status") == "running":  # the final write failed: the previous state kept, and said so
+        assert (st.get("id"), st.get("pid")) == (before.get("id"), before.get("pid")), \
+            f"the state file is not the previous running state: {st} (before: {before})"
+        assert report.stdout.strip(), "the final state write failed without a word on stderr or in the wrapper's log"
+    else:
+        assert (st.get("status"), st.get("exit_code")) == ("completed", 0), f"not a complete final state: {st}"
+        for key in ("id", "started_at", "completed_at"):
+            assert st.get(key) not in (None, ""), f"the final state lacks {key}: {st}"
 
 
 HOSTILE_IDS = ["x'; DROP TABLE jobs; --", 'a"b', "../x", "$(touch /tmp/jobkit-pwned)", "", "a" * 65, "a\nb",

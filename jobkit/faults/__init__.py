@@ -38,7 +38,8 @@ class Fault(Enum):
     KILL_TMUX_SERVER = "tmux kill-server on the job's socket"
     UNREACHABLE_HOST = "the host stops answering: container paused (lab) or the server refuses connections (local)"
     SLOW_HOST = "every answer from the host arrives later than the 5 s timeout"
-    FULL_DISK = "a 64 KiB tmpfs, filled, mounted over <base>/jobs (needs root on the host)"
+    FULL_DISK = ("<base>/jobs as it was, read-only under an overlay whose writable layer is a full tmpfs with "
+                 "free inodes: a file can be created, not written (needs root on the host)")
     MISSING_SQLITE3 = "sqlite3 removed from the wrapper's PATH (shim directory)"
     MISSING_FLOCK = "flock removed from the wrapper's PATH (shim directory)"
     MISSING_TMUX = "tmux removed from the wrapper's PATH (shim directory)"
@@ -211,12 +212,25 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
                 await asyncio.get_running_loop().run_in_executor(None, c.unpause)
             inj._after = unpause
     elif fault is Fault.FULL_DISK:
-        await _root(host, f"b={b}; mkdir -p \"$b/jobs\"; mount -t tmpfs -o size=64k,nr_inodes=64 jobkitfull "
-                          f"\"$b/jobs\" && chmod 1777 \"$b/jobs\" && (cat /dev/zero >\"$b/jobs/.fill\") 2>/dev/null; "
-                          "i=0; while true >\"$b/jobs/.fill$i\"; do i=$((i + 1)); done 2>/dev/null; true")
+        if host.kind == "local" and (await t.run("id -u", timeout=15)).stdout.strip() != "0":
+            raise FaultNotApplicable("FULL_DISK mounts filesystems: the local target is not root")
+        # What is in <base>/jobs stays visible (a running job keeps its earlier state file): it is
+        # the read-only lower layer of an overlay mounted over the directory itself. Every change
+        # goes to the upper layer, on a small tmpfs whose blocks are then filled and whose inodes
+        # stay free: a file can be created but not written, and one rewritten in place (O_TRUNC)
+        # is left empty (truncating a copy on a full tmpfs would free its page for the rewrite).
+        stage = f"{b}/.fault-full-{uuid.uuid4().hex[:8]}"
+        await _root(host, f"b={b}; s={stage}; mkdir -p \"$b/jobs\" \"$s\" && mount -t tmpfs -o size=256k jobkitfull "
+                          "\"$s\" && { mkdir \"$s/upper\" \"$s/work\" && "
+                          "chown \"$(stat -c %u:%g \"$b/jobs\")\" \"$s/upper\" && "
+                          "chmod \"$(stat -c %a \"$b/jobs\")\" \"$s/upper\" && "
+                          "mount -t overlay jobkitfull -o \"lowerdir=$b/jobs,upperdir=$s/upper,workdir=$s/work\" "
+                          "\"$b/jobs\" || { umount \"$s\"; false; }; } || { rmdir \"$s\"; exit 1; }; "
+                          "(cat /dev/zero >\"$s/fill\") 2>/dev/null; true")
 
         async def unmount() -> None:
-            await _root(host, f"b={b}; umount \"$b/jobs\"")
+            await _root(host, f"b={b}; s={stage}; umount \"$b/jobs\" || umount -l \"$b/jobs\"; "
+                              "umount \"$s\" || umount -l \"$s\"; rmdir \"$s\"")
         inj._after = unmount
     elif fault in (Fault.MISSING_SQLITE3, Fault.MISSING_FLOCK, Fault.MISSING_TMUX, Fault.NO_DATE_ISO,
                    Fault.CLOCK_STEP):

@@ -358,6 +358,18 @@ tmux_test() { # kill-session|kill-server
   assert_equal "$(db_field ro1 exit_code)" 73
 }
 
+@test "full disk, blocks only (inodes free) at start: exit 73, job not run, row failed/73" {
+  mkdir -p "$BASE/jobs"
+  mount -t tmpfs -o size=64k tmpfs "$BASE/jobs"
+  (cat /dev/zero >"$BASE/jobs/.fill") 2>/dev/null || true # a file can be created, not written
+  add_row bf1
+  run -73 --separate-stderr wrapper bf1 touch "$BATS_TEST_TMPDIR/ran"
+  umount "$BASE/jobs"
+  [ ! -e "$BATS_TEST_TMPDIR/ran" ]
+  [[ $stderr == *"cannot write"* ]]
+  assert_equal "$(db_field bf1 status),$(db_field bf1 exit_code)" failed,73
+}
+
 @test "full disk: a failed state write is reported and never leaves a broken file" {
   mkdir -p "$BASE/jobs"
   mount -t tmpfs -o size=64k,nr_inodes=64 tmpfs "$BASE/jobs"

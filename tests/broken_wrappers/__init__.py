@@ -36,6 +36,10 @@ BUGS: tuple[Bug, ...] = (
           "  half=${json%%,\\\"started_at\\\"*}\n"
           "  { printf '%s' \"$half\" >\"$state\"; sleep 0.2; printf '%s\\n' \"${json#\"$half\"}\" >>\"$state\"; }"
           " 2>/dev/null\n  return 0\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
+    Bug("in_place", "the state file is written in place (`printf >file`), not through a temp file and a rename", "W-16",
+        (("  back=\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&",
+          "  back=\n  { printf '%s\\n' \"$json\" >\"$state\"; } 2>/dev/null && return 0\n"
+          "  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
     Bug("no_busy_timeout", "sqlite3 runs with no busy timeout and no retries", "W-10",
         (('    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" "$db" \\',
           '    db_retries=1\n    out=$(sqlite3 -batch -bail "$db" \\'),)),

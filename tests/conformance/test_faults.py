@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Iterator
 
 import pytest
@@ -69,6 +70,40 @@ def test_inject_then_restore_leaves_the_host_clean(host: LabHost, fault: Fault) 
             assert lines[:3] == ["ok", "0", "0"], check.stdout
             await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job} 2>/dev/null; true")
             await t2.close()
+        finally:
+            await t.close()
+
+    asyncio.run(go())
+
+
+def test_full_disk_keeps_what_was_there_and_takes_no_data(host: LabHost) -> None:
+    """FULL_DISK: what was in <base>/jobs stays readable (a running job keeps its state file), a
+    file can be created but not written, one rewritten in place is left empty, and restore puts
+    back the directory exactly as it was."""
+    async def go() -> None:
+        t = SSHTransport(host.spec)
+        try:
+            handle = HostHandle(t, None, host)
+            if not applicable(Fault.FULL_DISK, handle.kind):
+                return
+            base, _ = await setup_target(t, "~/.jobkit-faults-full", wrapper_dir() / "job_wrapper.sh",
+                                         wrapper_dir() / "server_schema.sql")
+            handle.base_dir = base
+            j = shlex.quote(f"{base}/jobs")
+            await t.run(f"cd {j} && rm -f fd-* && printf '%s\\n' '{{\"status\":\"running\"}}' >fd-kept.status && "
+                        "cp fd-kept.status fd-rewritten.status", check=True)
+            listing = f"cd {j} && ls -a | md5sum && cat fd-kept.status fd-rewritten.status"
+            before = (await t.run(listing, check=True)).stdout
+            async with await inject(Fault.FULL_DISK, handle):
+                r = await t.run(f"cd {j} && cat fd-kept.status && {{ true >fd-new && echo created; }}; "
+                                "{ printf x >fd-data && echo WROTE-NEW; } 2>/dev/null; "
+                                "{ printf y >>fd-kept.status && echo APPENDED; } 2>/dev/null; "
+                                "{ printf '%s\\n' '{\"status\":\"completed\"}' >fd-rewritten.status && "
+                                "echo REWROTE; } 2>/dev/null; wc -c <fd-rewritten.status", timeout=15)
+                assert r.stdout.split() == ['{"status":"running"}', "created", "0"], r.stdout + r.stderr
+            after = await t.run(f"{listing}; mount | grep -c jobkitfull; "
+                                f"ls -a {shlex.quote(base)} | grep -c '^.fault-'", timeout=15)
+            assert after.stdout == before + "0\n0\n", after.stdout
         finally:
             await t.close()
 
