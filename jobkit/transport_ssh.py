@@ -145,30 +145,27 @@ class SSHTransport:
     ) -> CommandResult:
         start = time.monotonic()
         deadline = start + timeout
-        held = False  # this call holds a session slot
-        closed = False  # the channel is fully closed
-        process: asyncssh.SSHClientProcess[str] | None = None
-        conn: asyncssh.SSHClientConnection | None = None
+        call = _Call()
         try:
             async with asyncio.timeout(timeout):
                 await self._sessions.acquire()
-                held = True
-                conn, process = await self._open(command, deadline)
+                call.held = True
+                process = await self._open(call, command, deadline)
                 # always end stdin: a command that reads it (the probe's awk) must never wait
                 # for an EOF that asyncssh only sends with non-empty input
                 if stdin:
                     process.stdin.write(stdin)
                 process.stdin.write_eof()
                 raw_out, raw_err = await process.communicate()
-                closed = True
+                call.closed = True
                 status = _exit_status(process.exit_status, process.exit_signal)
                 out, err = _text(raw_out), _text(raw_err)
         except TimeoutError as exc:
             raise RemoteTimeout(f"no answer within {timeout:g}s", host=self.spec.name, command=command,
-                                sent=process is not None) from exc
+                                sent=call.sent) from exc
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
-            self._drop(conn)
-            if process is None:
+            self._drop(call.conn)
+            if not call.sent:
                 raise HostUnreachable(f"connection lost: {exc}", host=self.spec.name, command=command) from exc
             raise ConnectionLost(f"connection lost: {exc}", host=self.spec.name, command=command) from exc
         except asyncssh.ChannelOpenError as exc:
@@ -176,13 +173,13 @@ class SSHTransport:
                                   command=command) from exc
         except asyncssh.Error as exc:
             raise TransportError(f"SSH error: {exc}", host=self.spec.name, command=command,
-                                 sent=process is not None) from exc
+                                 sent=call.sent) from exc
         finally:
-            if held:
-                self._release(process, conn, closed)
+            if call.held:
+                self._release(call)
         if status is None:
             # the channel closed without an exit status: the session or the connection died
-            self._drop(conn)
+            self._drop(call.conn)
             raise ConnectionLost("connection lost before the command's exit status arrived",
                                  host=self.spec.name, command=command, stdout=out, stderr=err)
         result = CommandResult(command=command, exit_status=status, stdout=out, stderr=err,
@@ -194,42 +191,55 @@ class SSHTransport:
             )
         return result
 
-    async def _open(self, command: str, deadline: float) -> tuple[asyncssh.SSHClientConnection,
-                                                                   asyncssh.SSHClientProcess[str]]:
+    async def _open(self, call: _Call, command: str, deadline: float) -> asyncssh.SSHClientProcess[str]:
         """A channel running ``command``; a refused channel open (the server's session limit)
-        is retried until the deadline."""
+        is retried until the deadline. The open runs as a task of its own that a timeout does
+        not cancel: a channel the server opens after the caller gave up is still closed (by the
+        reaper), never left open on the server, where it would count against MaxSessions."""
         delay = 0.02
         while True:
-            conn = await self._connection(deadline)
+            call.conn = await self._connection(deadline)
+            call.opening = asyncio.ensure_future(
+                call.conn.create_process(command, encoding="utf-8", errors="replace"))
             try:
-                process = await conn.create_process(command, encoding="utf-8", errors="replace")
-                return conn, process
+                call.process = await asyncio.shield(call.opening)
+                return call.process
             except asyncssh.ChannelOpenError:
+                call.opening = None
                 if time.monotonic() + delay >= deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def _release(self, process: asyncssh.SSHClientProcess[str] | None,
-                 conn: asyncssh.SSHClientConnection | None, closed: bool) -> None:
+    def _release(self, call: _Call) -> None:
         """Give the session slot back once the channel is closed; never make the caller wait."""
-        if process is None or closed:
+        if call.closed or (call.process is None and call.opening is None):
             self._sessions.release()
             return
-        process.close()
-        task = asyncio.get_running_loop().create_task(self._reap(process, conn))
+        if call.process is not None:
+            call.process.close()
+        task = asyncio.get_running_loop().create_task(self._reap(call))
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
-    async def _reap(self, process: asyncssh.SSHClientProcess[str],
-                    conn: asyncssh.SSHClientConnection | None) -> None:
+    async def _reap(self, call: _Call) -> None:
         try:
-            await asyncio.wait_for(process.wait_closed(), self._close_grace)
+            async with asyncio.timeout(self._close_grace):
+                process = call.process
+                if process is None and call.opening is not None:
+                    process = await call.opening  # the server may still open it: close it then
+                    process.close()
+                if process is not None:
+                    await process.wait_closed()
+        except asyncssh.ChannelOpenError:
+            pass  # never opened: nothing to close
         except (TimeoutError, asyncssh.Error, OSError, asyncio.CancelledError):
             # the peer did not close the channel: it is stalled (a paused host); abort the
             # connection so every channel on it is freed and the next call reconnects
-            self._drop(conn, abort=True)
+            self._drop(call.conn, abort=True)
         finally:
+            if call.opening is not None and not call.opening.done():
+                call.opening.cancel()
             self._sessions.release()
 
     def _drop(self, conn: asyncssh.SSHClientConnection | None, *, abort: bool = False) -> None:
@@ -262,6 +272,22 @@ class SSHTransport:
             conn.abort()
             # abort() closes the socket at once; let the loop run its callbacks
             await asyncio.sleep(0)
+
+
+class _Call:
+    """One run(): what it holds, so whatever way it ends the channel is accounted for."""
+
+    def __init__(self) -> None:
+        self.held = False  # a session slot is held
+        self.closed = False  # the channel is fully closed
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.opening: asyncio.Future[asyncssh.SSHClientProcess[str]] | None = None
+        self.process: asyncssh.SSHClientProcess[str] | None = None
+
+    @property
+    def sent(self) -> bool:
+        """The command may have reached the host (its channel was asked for)."""
+        return self.opening is not None or self.process is not None
 
 
 def _exit_status(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int | None:

@@ -37,7 +37,7 @@ files=$(printf '%s\n' "$input" | awk -v dir="$jobs" 'NF {
       if (!seen++) print "E " $1
       printf "F\t%s\t%s\n", f, line
       s = line
-      while (match(s, /"(wrapper_)?pid":[0-9]+/)) { v = substr(s, RSTART, RLENGTH); sub(/.*:/, "", v); print "P " v; s = substr(s, RSTART + RLENGTH) }
+      while (match(s, /"(wrapper_)?pid"[ ]*:[ ]*[0-9]+/)) { v = substr(s, RSTART, RLENGTH); sub(/.*:[ ]*/, "", v); print "P " v; s = substr(s, RSTART + RLENGTH) }
     }
     close(f)
     g = dir "/" $1 ".wrapper.log"; r = (getline line < g)

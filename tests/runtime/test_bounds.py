@@ -157,3 +157,19 @@ async def test_reconcile_on_a_host_frozen_mid_probe_is_unavailable_within_the_bo
     finally:
         await t.close()
         await transport.run(f"tmux -S \"$HOME/.jobkit/tmux.sock\" kill-session -t ={job}; true")
+
+
+async def test_timeouts_while_a_channel_opens_never_leak_server_sessions(host: LabHost,
+                                                                        fresh_transport: SSHTransport) -> None:
+    """The host is frozen while a channel is being opened: the caller gives up, the server opens
+    it later. That channel must still be closed, or sshd's MaxSessions (10) is soon used up."""
+    t = fresh_transport
+    assert (await t.run("true")).exit_status == 0
+    for _ in range(12):
+        freeze(host)
+        try:
+            with pytest.raises(RemoteTimeout):
+                await t.run("echo frozen", timeout=0.5)
+        finally:
+            thaw(host)
+        assert (await t.run("echo ok", timeout=10)).stdout == "ok\n"

@@ -1,0 +1,187 @@
+"""The probe: its parser on crafted answers, and the real probe.sh (this machine's sh, awk,
+sqlite3) over generated hosts, compared with what was put there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobkit import wrapper_dir
+from jobkit.errors import ConnectionLost, RemoteTimeout
+from jobkit.probe import JobQuery, parse, probe
+from jobkit.transport import CommandResult
+from jobkit.transport_local import LocalTransport
+
+pytestmark = pytest.mark.unit
+
+HEAD = "==boot b-1\n==now 1000\n"
+
+
+def answer(db: str = "==db rc=0\n[]", files: str = "", procs: str = "", tmux: str = "rc=1", fence: str = "",
+           all_: str = "") -> str:
+    return (f"{HEAD}{db}\n==files\n{files}\n==procs\n{procs}\n==tmux\n{tmux}\n==fence\n{fence}\n==all\n{all_}\n"
+            "==end\n")
+
+
+def test_a_cut_answer_is_unavailable_never_a_guess() -> None:
+    full = answer()
+    for cut in (0, 10, len(full) // 2, len(full) - 7):
+        r = parse(full[:cut], [JobQuery("j")])
+        assert not r.host.reachable
+        assert r.evidence == {}
+    assert parse(full, [JobQuery("j")]).host.reachable
+
+
+@pytest.mark.parametrize(("text", "state"), [
+    ("Error: database is locked", "locked"), ("Error: file is not a database", "corrupt"),
+    ("Parse error: no such table: jobs", "wrong_schema"), ("Error: disk I/O error", "error"),
+])
+def test_database_errors_are_told_apart(text: str, state: str) -> None:
+    r = parse(answer(db=f"==db rc=1\n{text}"), [JobQuery("j")])
+    assert r.evidence["j"].db is not None
+    assert r.evidence["j"].db.state == state
+
+
+@pytest.mark.parametrize("head", ["no_sqlite3", "missing"])
+def test_no_database_is_said_as_such(head: str) -> None:
+    r = parse(answer(db=f"==db {head}"), [JobQuery("j")])
+    assert r.evidence["j"].db is not None
+    assert r.evidence["j"].db.state == head
+
+
+def test_rows_files_claims_liveness_and_fence() -> None:
+    row = {"id": "a", "status": "running", "pid": 41, "token": "t1", "boot_id": "b-1", "started_epoch": 990}
+    state = {"id": "a", "status": "running", "exit_code": None, "pid": 41, "wrapper_pid": 40, "proc_start": 7,
+             "boot_id": "b-1", "started_epoch": 990}
+    out = answer(db="==db rc=0\n" + json.dumps([row]),
+                 files=f"E a\nF\t/b/jobs/a.status\t{json.dumps(state)}\nL\ta\tjobkit-wrapper[40] a: claimed\n"
+                       "L\tc\tjobkit-fence 999: never started\nL\td\t\nP 41\nP 40",
+                 procs="S 41 7 S\nS 40 3 S", tmux="T a\nrc=0", fence="X b", all_="A a\nA z")
+    r = parse(out, [JobQuery("a"), JobQuery("b", fence=True), JobQuery("c"), JobQuery("d"), JobQuery("e", 55, 9)])
+    a = r.evidence["a"]
+    assert (a.db.status, a.db.token, a.file.status, a.file.wrapper_pid) == ("running", "t1", "running", 40)  # type: ignore[union-attr]
+    assert (a.live.job_alive, a.live.wrapper_alive, a.live.tmux_session) == (True, True, True)
+    assert a.claim is not None
+    assert (a.claim.state, a.claim.pid, a.claim.alive) == ("wrapper", 40, True)
+    assert r.evidence["b"].claim.state == "fenced"  # type: ignore[union-attr]
+    assert r.evidence["c"].claim.state == "fenced"  # type: ignore[union-attr]
+    assert r.evidence["d"].claim.state == "other"  # type: ignore[union-attr]
+    e = r.evidence["e"]
+    assert (e.db.state, e.file.state, e.claim.state, e.live.job_alive, e.live.tmux_session) == (  # type: ignore[union-attr]
+        "no_row", "missing", "absent", False, False)
+    assert r.all_ids == ["a", "z"]
+
+
+def test_a_pid_behind_another_start_time_or_a_zombie_is_not_alive() -> None:
+    state = {"id": "a", "status": "running", "exit_code": None, "pid": 41, "proc_start": 7}
+    files = f"E a\nF\t/b/jobs/a.status\t{json.dumps(state)}"
+    assert parse(answer(files=files, procs="S 41 8 S"), [JobQuery("a")]).evidence["a"].live.job_alive is False
+    assert parse(answer(files=files, procs="S 41 7 Z"), [JobQuery("a")]).evidence["a"].live.job_alive is False
+    assert parse(answer(files=files, procs="S 41 7 R"), [JobQuery("a")]).evidence["a"].live.job_alive is True
+
+
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"id": "other", "status": "running"}',
+                                     '{"id": "a", "status": "completed"}', '{"id": "a", "status": "weird"}',
+                                     '{"id": "a", "status": "failed", "exit_code": "3"}'])
+def test_a_state_file_that_is_not_a_protocol_state_is_invalid(content: str) -> None:
+    r = parse(answer(files=f"E a\nF\t/b/jobs/a.status\t{content}"), [JobQuery("a")])
+    assert r.evidence["a"].file is not None
+    assert r.evidence["a"].file.state == "invalid"
+
+
+class Failing:
+    host_name = "h"
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        raise self.exc
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("exc", [RemoteTimeout("slow", sent=True), ConnectionLost("gone")])
+async def test_a_transport_failure_is_unavailable_never_raised(exc: Exception) -> None:
+    r = await probe(Failing(exc), [JobQuery("a")])  # type: ignore[arg-type]
+    assert not r.host.reachable
+
+
+# --- the real probe.sh over generated hosts ---------------------------------------------------------
+ids = st.from_regex(r"[a-z][a-z0-9_-]{0,11}", fullmatch=True)
+row_statuses = st.sampled_from(["queued", "running", "completed", "failed"])
+jobs = st.dictionaries(ids, st.fixed_dictionaries({
+    "row": st.one_of(st.none(), st.tuples(row_statuses, st.one_of(st.none(), st.integers(0, 255)),
+                                          st.sampled_from([None, "tok-a"]))),
+    "file": st.sampled_from([None, "running", "completed", "garbage"]),
+    "claim": st.sampled_from([None, "wrapper", "fence", "empty"]),
+    "fence": st.booleans(),
+}), max_size=6)
+
+
+def _host(base: Path, spec: dict[str, dict[str, object]]) -> None:
+    (base / "jobs").mkdir(parents=True)
+    db = sqlite3.connect(base / "server.db")
+    db.executescript((wrapper_dir() / "server_schema.sql").read_text())
+    for job, s in spec.items():
+        if s["row"] is not None:
+            status, code, token = s["row"]  # type: ignore[misc]
+            db.execute("INSERT INTO jobs (id, status, exit_code, token) VALUES (?, ?, ?, ?)", (job, status, code, token))
+        if s["file"] == "garbage":
+            (base / "jobs" / f"{job}.status").write_text("not json {\n")
+        elif s["file"] is not None:
+            code = 0 if s["file"] == "completed" else None
+            (base / "jobs" / f"{job}.status").write_text(json.dumps(
+                {"id": job, "status": s["file"], "exit_code": code, "pid": 2 ** 22 + 7, "wrapper_pid": os.getpid()}))
+        claim = {"wrapper": f"jobkit-wrapper[{os.getpid()}] {job}: claimed\n", "fence": "jobkit-fence 1: x\n",
+                 "empty": ""}.get(str(s["claim"]))
+        if claim is not None:
+            (base / "jobs" / f"{job}.wrapper.log").write_text(claim)
+    db.commit()
+    db.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs)
+def test_the_real_probe_reports_what_is_on_the_host(spec: dict[str, dict[str, object]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="jobkit-probe-") as d:
+        base = Path(d) / "base"
+        _host(base, spec)
+        queries = [JobQuery(j, fence=bool(s["fence"])) for j, s in spec.items()]
+        r = asyncio.run(probe(LocalTransport(), queries, str(base)))
+        assert r.host.reachable, r.raw[-500:]
+        assert sorted(r.all_ids) == sorted(j for j, s in spec.items() if s["file"] is not None)
+        for job, s in spec.items():
+            ev = r.evidence[job]
+            assert ev.db is not None and ev.file is not None and ev.claim is not None
+            if s["row"] is None:
+                assert ev.db.state == "no_row"
+            else:
+                assert (ev.db.state, ev.db.status, ev.db.exit_code, ev.db.token) == ("ok", *s["row"])  # type: ignore[misc]
+            want_file = {None: "missing", "garbage": "invalid"}.get(s["file"], "ok")  # type: ignore[arg-type]
+            assert ev.file.state == want_file
+            fenced_now = s["fence"] and s["file"] is None and s["claim"] is None
+            want_claim = {"wrapper": "wrapper", "fence": "fenced", "empty": "other"}.get(
+                str(s["claim"]), "fenced" if fenced_now else "absent")
+            assert ev.claim.state == want_claim, (job, s)
+            log = base / "jobs" / f"{job}.wrapper.log"
+            assert log.exists() == (s["claim"] is not None or fenced_now)
+            if s["file"] not in (None, "garbage"):
+                assert ev.live.job_alive is False  # that pid is not running here
+                assert ev.live.wrapper_alive is True  # this test's own pid
+
+
+def test_the_probe_script_is_posix_sh() -> None:
+    script = Path(__file__).resolve().parents[2] / "jobkit" / "data" / "probe.sh"
+    r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
