@@ -337,11 +337,11 @@ HOSTILE_IDS = ["x'; DROP TABLE jobs; --", 'a"b', "../x", "$(touch /tmp/jobkit-pw
 
 @clause("W-17", "invalid and hostile job ids are refused with a non-zero exit before any side effect", "16")
 async def w17(ctx: Ctx) -> None:
-    before = await ctx.sh(f"sqlite3 {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
+    before = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
     for bad in HOSTILE_IDS:
         r = await ctx.run(bad, ["touch", f"{ctx.base_abs}/.conformance/ran"])
         assert r.exit_status != 0, f"id {bad!r} accepted"
-    after = await ctx.sh(f"sqlite3 {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
+    after = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
     assert before.stdout == after.stdout, "the database or the jobs directory changed"
     r = await ctx.sh(f"test -e {ctx.b}/.conformance/ran || test -e /tmp/jobkit-pwned && echo ran || echo clean")
     assert "clean" in r.stdout, "the job ran, or the id was executed"

@@ -14,7 +14,7 @@ from typing import Any
 
 from jobkit.conformance.clauses import CLAUSES, Clause, NotApplicable
 from jobkit.conformance.context import Ctx
-from jobkit.faults import FaultNotApplicable, HostHandle
+from jobkit.faults import FaultNotApplicable, FaultSetupError, HostHandle
 from jobkit.remote import base_dir_word
 from jobkit.transport import Transport
 
@@ -69,6 +69,26 @@ async def setup_target(t: Transport, base_dir: str, wrapper: Path, schema: Path)
     return base_abs, f"{base_abs}/.conformance/job_wrapper.sh"
 
 
+async def check_clause(c: Clause, ctx: Ctx, timeout: float = 180) -> tuple[str, str]:
+    """One clause on one target: its outcome and message. A fault that could not be made is
+    n/a, one that could not be set up (or undone) is the suite's ERROR, never the wrapper's FAIL."""
+    try:
+        await asyncio.wait_for(c.check(ctx), timeout=timeout)
+        return PASS, ""
+    except (NotApplicable, FaultNotApplicable) as exc:
+        return NA, str(exc)
+    except FaultSetupError as exc:
+        ctx.evidence.add("fault setup", traceback.format_exc()[-3000:])
+        return ERROR, f"the suite's fault could not be set up or undone (not the wrapper's failure): {exc}"
+    except AssertionError as exc:
+        return FAIL, str(exc) or "assertion failed"
+    except TimeoutError:
+        return FAIL, f"clause did not finish within {timeout:g} s"
+    except Exception as exc:
+        ctx.evidence.add("traceback", traceback.format_exc()[-3000:])
+        return FAIL, f"{type(exc).__name__}: {exc}"
+
+
 async def run_target(target: TargetSpec, *, wrapper: Path, schema: Path, base_dir: str | None,
                      clauses: list[Clause], progress: Progress, grace: int = 2) -> list[Result]:
     results: list[Result] = []
@@ -86,19 +106,8 @@ async def run_target(target: TargetSpec, *, wrapper: Path, schema: Path, base_di
         progress(target.name, c.id, None)
         ctx = Ctx(target.name, host, base_abs=base_abs, wrapper_abs=wrapper_abs, grace=grace)
         start = time.monotonic()
-        try:
-            await asyncio.wait_for(c.check(ctx), timeout=180)
-            outcome, message = PASS, ""
-        except (NotApplicable, FaultNotApplicable) as exc:
-            outcome, message = NA, str(exc)
-        except AssertionError as exc:
-            outcome, message = FAIL, str(exc) or "assertion failed"
-        except TimeoutError:
-            outcome, message = FAIL, "clause did not finish within 180 s"
-        except Exception as exc:
-            outcome, message = FAIL, f"{type(exc).__name__}: {exc}"
-            ctx.evidence.add("traceback", traceback.format_exc()[-3000:])
-        if outcome == FAIL:
+        outcome, message = await check_clause(c, ctx)
+        if outcome in (FAIL, ERROR):
             for job in ctx.ids[:3]:
                 with contextlib.suppress(Exception):  # evidence is best effort
                     await ctx.collect(job)

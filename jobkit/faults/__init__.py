@@ -56,6 +56,11 @@ class FaultNotApplicable(JobkitError):
     """This fault cannot be injected on this kind of host."""
 
 
+class FaultSetupError(JobkitError):
+    """The fault could not be set up (or undone) on the host: an error of the suite, never a
+    failure of the wrapper under test."""
+
+
 @dataclass
 class HostHandle:
     """What a fault needs to reach a host: its transport, its base dir, and the lab handle
@@ -84,10 +89,13 @@ class Injected:
     async def restore(self) -> None:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._after is not None:
-            await self._after()
-        for cmd in self._restore:
-            await self.host.transport.run(cmd, timeout=15)
+        try:
+            if self._after is not None:
+                await self._after()
+            for cmd in self._restore:
+                await self.host.transport.run(cmd, timeout=15)
+        except Exception as exc:
+            raise FaultSetupError(f"{self.fault.name} could not be undone: {exc}") from exc
 
     async def __aenter__(self) -> Injected:
         return self
@@ -130,19 +138,34 @@ def _kill_group(sig: str, pgid: str) -> str:
 
 
 def _shim_script(base: str, drop: str, extra: str = "") -> str:
-    """Shell that builds a PATH shim dir of symlinks to everything on PATH except ``drop``."""
+    """Shell that builds a PATH shim dir of symlinks to everything on PATH except ``drop``: one
+    ``ln -s DIR/* SHIM/`` per PATH directory (a name already linked is kept, so earlier
+    directories win, as in a PATH lookup), then ``drop`` removed. A few processes, not one per
+    file: a host has thousands of programs and the transport's timeout is seconds."""
     return (
-        f"d={base}/.fault-path-{uuid.uuid4().hex[:8]}; mkdir -p \"$d\"; "
-        "IFS=:; for p in $PATH; do for f in \"$p\"/*; do n=${f##*/}; "
-        f"[ \"$n\" = {drop} ] && continue; [ -e \"$d/$n\" ] || ln -s \"$f\" \"$d/$n\" 2>/dev/null; done; done; "
+        f"d={base}/.fault-path-{uuid.uuid4().hex[:8]}; mkdir -p \"$d\" || exit 1; "
+        "IFS=:; for p in $PATH; do [ -n \"$p\" ] && [ -d \"$p\" ] && ln -s \"$p\"/* \"$d\"/ 2>/dev/null; done; "
+        f"unset IFS; rm -f \"$d\"/{shlex.quote(drop)}; "
         f"{extra} echo \"$d\""
     )
 
 
 async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, seconds: float = 5.0) -> Injected:
-    """Apply ``fault`` to ``host``; ``job_id`` for per-job faults, ``seconds`` for timed ones."""
+    """Apply ``fault`` to ``host``; ``job_id`` for per-job faults, ``seconds`` for timed ones.
+    Raises FaultNotApplicable where the fault cannot be made, FaultSetupError when making it
+    failed (a command that failed or timed out on the host): never the wrapper's failure."""
     if not applicable(fault, host.kind):
         raise FaultNotApplicable(f"{fault.name} does not apply to a {host.kind} host")
+    try:
+        return await _inject(fault, host, job_id=job_id, seconds=seconds)
+    except (FaultNotApplicable, FaultSetupError):
+        raise
+    except Exception as exc:
+        raise FaultSetupError(f"{fault.name} could not be set up: {exc}", host=getattr(exc, "host", None),
+                              stderr=getattr(exc, "stderr", "")) from exc
+
+
+async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds: float) -> Injected:
     t = host.transport
     b = base_dir_word(host.base_dir)
     inj = Injected(fault, host)
@@ -151,7 +174,8 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
 
     if fault is Fault.LOCKED_DB:
         await t.run(f"(printf 'PRAGMA locking_mode=EXCLUSIVE;\\nBEGIN EXCLUSIVE;\\nUPDATE jobs SET status = status "
-                    f"WHERE 0;\\n.system sleep {seconds:g}\\nCOMMIT;\\n' | sqlite3 {b}/server.db) >/dev/null 2>&1 &",
+                    f"WHERE 0;\\n.system sleep {seconds:g}\\nCOMMIT;\\n' | sqlite3 -cmd '.timeout 5000' {b}/server.db) "
+                    ">/dev/null 2>&1 &",
                     check=True)
         await asyncio.sleep(0.3)  # the lock is taken
         inj._task = asyncio.create_task(asyncio.sleep(seconds))

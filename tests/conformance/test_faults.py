@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from jobkit import wrapper_dir
+from jobkit.conformance.clauses import Clause
 from jobkit.conformance.context import Ctx
-from jobkit.conformance.runner import setup_target
-from jobkit.faults import Fault, FaultNotApplicable, HostHandle, applicable, inject
+from jobkit.conformance.runner import ERROR, FAIL, check_clause, setup_target
+from jobkit.errors import RemoteTimeout
+from jobkit.faults import Fault, FaultNotApplicable, FaultSetupError, HostHandle, _shim_script, applicable, inject
 from jobkit.lab import Lab, LabHost, offline_targets
+from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
 
-pytestmark = pytest.mark.slow
 PER_JOB = {Fault.DELETED_STATE_FILE, Fault.TRUNCATED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
            Fault.WRONG_FIELDS_STATE_FILE, Fault.SIGKILL_WRAPPER, Fault.SIGTERM_WRAPPER, Fault.SIGHUP_WRAPPER,
            Fault.SIGKILL_JOB_GROUP, Fault.KILL_TMUX_SESSION}
@@ -34,6 +41,7 @@ def test_the_catalogue_describes_every_fault() -> None:
         assert len(f.description) > 20, f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(Fault), ids=[f.name for f in Fault])
 def test_inject_then_restore_leaves_the_host_clean(host: LabHost, fault: Fault) -> None:
     async def go() -> None:
@@ -63,7 +71,7 @@ def test_inject_then_restore_leaves_the_host_clean(host: LabHost, fault: Fault) 
             assert r.exit_status == 0, r.stderr
             st = await ctx.wait_state(clean, ("completed", "failed"))
             assert (st["status"], st["exit_code"], st["db"]) == ("completed", 0, "ok")
-            check = await ctx.sh(f"sqlite3 {ctx.b}/server.db 'PRAGMA integrity_check'; "
+            check = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db 'PRAGMA integrity_check'; "
                                  f"ls -a {ctx.b} | grep -c '^.fault-' ; mount | grep -c jobkitfull; "
                                  "cat /proc/sys/kernel/random/boot_id")
             lines = check.stdout.split()
@@ -76,6 +84,7 @@ def test_inject_then_restore_leaves_the_host_clean(host: LabHost, fault: Fault) 
     asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_what_was_there_and_takes_no_data(host: LabHost) -> None:
     """FULL_DISK: what was in <base>/jobs stays readable (a running job keeps its state file), a
     file can be created but not written, one rewritten in place is left empty, and restore puts
@@ -106,5 +115,74 @@ def test_full_disk_keeps_what_was_there_and_takes_no_data(host: LabHost) -> None
             assert after.stdout == before + "0\n0\n", after.stdout
         finally:
             await t.close()
+
+    asyncio.run(go())
+
+
+def test_the_path_shim_is_built_in_a_few_processes_earlier_directories_winning(tmp_path: Path) -> None:
+    first, second, base = tmp_path / "first", tmp_path / "second", tmp_path / "base"
+    for d in (first, second, base):
+        d.mkdir()
+    for d, names in ((first, ["tool", "sqlite3"]), (second, ["tool", "other", "sqlite3"])):
+        for n in names:
+            (d / n).write_text(f"#!/bin/sh\necho {d.name}\n")
+            (d / n).chmod(0o755)
+    many = tmp_path / "many"  # a host has thousands of programs: one process per file took seconds
+    many.mkdir()
+    for i in range(3000):
+        (many / f"prog{i}").touch()
+    busybox = shutil.which("busybox")
+    if busybox is not None:  # BusyBox's ln too: a directory that has it first
+        (tmp_path / "bb").mkdir()
+        (tmp_path / "bb" / "ln").symlink_to(busybox)
+    for sh in ("sh", "busybox sh"):
+        if shutil.which(sh.split()[0]) is None:
+            continue
+        bb = f"{tmp_path}/bb:" if sh.startswith("busybox") else ""
+        env = {"PATH": f"{bb}{first}::{tmp_path}/missing:{second}:{many}:/usr/bin:/bin"}
+        script = _shim_script(shlex.quote(str(base)), "sqlite3")
+        start = time.monotonic()
+        r = subprocess.run([*sh.split(), "-c", f"PATH={shlex.quote(env['PATH'])}; {script}"], capture_output=True,
+                           text=True, check=True, timeout=30)
+        assert time.monotonic() - start < 1.5, f"{sh}: the shim took {time.monotonic() - start:.1f}s"  # ~0.03 s
+        shim = Path(r.stdout.strip().splitlines()[-1])
+        assert os.readlink(shim / "tool") == str(first / "tool"), sh  # the first directory wins
+        assert os.readlink(shim / "other") == str(second / "other"), sh
+        assert (shim / "ls").exists(), sh
+        assert (shim / "prog2999").exists(), sh
+        assert not (shim / "sqlite3").is_symlink(), sh
+        assert not (shim / "sqlite3").exists(), sh
+        shutil.rmtree(shim)
+
+
+class _TimingOut:
+    """A transport whose every command times out, as a loaded host's can."""
+
+    host_name = "slow"
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        raise RemoteTimeout("no answer within 5 s", host="slow", command=command)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_fault_that_cannot_be_set_up_is_the_suites_error_never_the_wrappers_failure() -> None:
+    host = HostHandle(_TimingOut(), "/tmp/nowhere")  # type: ignore[arg-type]
+
+    async def uses_a_shim(ctx: Ctx) -> None:
+        async with await inject(Fault.MISSING_SQLITE3, ctx.host):
+            raise AssertionError("not reached")
+
+    async def fails(ctx: Ctx) -> None:
+        raise AssertionError("the wrapper lost the record")
+
+    async def go() -> None:
+        with pytest.raises(FaultSetupError, match="MISSING_SQLITE3 could not be set up"):
+            await inject(Fault.MISSING_SQLITE3, host)
+        ctx = Ctx("slow", host, base_abs="/tmp/nowhere", wrapper_abs="/tmp/nowhere/w.sh")
+        outcome, message = await check_clause(Clause("W-0", "test", "", uses_a_shim), ctx)
+        assert (outcome, "not the wrapper's failure" in message) == (ERROR, True), message
+        assert await check_clause(Clause("W-0", "test", "", fails), ctx) == (FAIL, "the wrapper lost the record")
 
     asyncio.run(go())
