@@ -230,3 +230,120 @@ def test_is_monotonic_over_time(seq: list[Evidence], start: Known) -> None:
                       e.host.now_epoch if v.alive else known.last_alive_epoch, known.boot_id, known.token,
                       known.started_epoch,
                       known.wrapper_gone_epoch or (e.host.now_epoch if v.wrapper_gone else None))
+
+
+# --- every branch, exactly (a mutation of any decision, source or message fails one row) -----------------
+ALIVE = Liveness(job_alive=True, wrapper_alive=True, tmux_session=True)
+GONE = Liveness(job_alive=False, wrapper_alive=False, tmux_session=False)
+DB_RUN, FILE_RUN = DbEvidence("ok", "running", boot_id="boot-a"), FileEvidence("ok", "running", boot_id="boot-a")
+Q = Known(JobStatus.QUEUED, submitted_epoch=995)
+BRANCHES = [
+    # (evidence, known, status, source, exit, flags, said, reason starts with)
+    (ev(host=HostState(False, "timed out")), RUNNING, JobStatus.RUNNING, Source.NONE, None, "stale",
+     {"host": "unavailable"}, "Host unavailable (timed out)"),
+    (ev(DbEvidence("ok", "completed", 0, token="t2")), Known(JobStatus.QUEUED, token="t1"), JobStatus.FAILED,
+     Source.DATABASE, None, "", {"database": "another submission's row"}, NEVER_STARTED_REASON + ": the id is used"),
+    (ev(DbEvidence("ok", "completed", 0, token="t2")), Known(JobStatus.FAILED, 4, token="t1"), JobStatus.FAILED,
+     Source.NONE, 4, "", {"database": "another submission's row"}, "failed already recorded; the host's record"),
+    (ev(DbEvidence("ok", "failed", 2, "TERM"), FileEvidence("ok", "failed", 2)), RUNNING, JobStatus.FAILED,
+     Source.DATABASE, 2, "", {"database": "failed", "state_file": "failed", "liveness": "unknown"},
+     "failed (exit 2) per database"),
+    (ev(DbEvidence("locked"), FileEvidence("ok", "completed", 0), GONE), RUNNING, JobStatus.COMPLETED,
+     Source.STATE_FILE, 0, "", {"database": "locked", "state_file": "completed", "liveness": "gone"},
+     "completed (exit 0) per state_file"),
+    (ev(DbEvidence("ok", "failed", 1), FileEvidence("ok", "failed", 1)), Known(JobStatus.COMPLETED, 0),
+     JobStatus.COMPLETED, Source.NONE, 0, "conflict",
+     {"database": "failed", "state_file": "failed", "liveness": "unknown"}, "completed (exit 0) already recorded"),
+    (ev(DB_RUN, FILE_RUN, ALIVE), Known(JobStatus.FAILED, 3), JobStatus.FAILED, Source.NONE, 3, "",
+     {"database": "running", "state_file": "running", "liveness": "alive"}, "failed already recorded; no source"),
+    (ev(DB_RUN, FileEvidence("ok", "running", boot_id="boot-z"), GONE), RUNNING, JobStatus.LOST, Source.LIVENESS,
+     None, "", {"database": "running", "state_file": "running", "liveness": "gone", "boot": "changed"},
+     "Host rebooted while the job was running"),
+    (ev(DB_RUN, FILE_RUN, Liveness(True, False, True)), RUNNING, JobStatus.RUNNING, Source.DATABASE, None,
+     "alive wrapper_gone", {"database": "running", "state_file": "running", "liveness": "alive"},
+     "running; process alive, but its wrapper is gone"),
+    (ev(DbEvidence("missing"), FILE_RUN, ALIVE), RUNNING, JobStatus.RUNNING, Source.STATE_FILE, None, "alive",
+     {"database": "missing", "state_file": "running", "liveness": "alive"}, "running; process alive"),
+    (ev(DbEvidence("no_row"), FileEvidence("missing"), ALIVE), RUNNING, JobStatus.RUNNING, Source.LIVENESS, None,
+     "alive", {"database": "no_row", "state_file": "missing", "liveness": "alive"}, "running; process alive"),
+    (ev(DB_RUN, FILE_RUN, Liveness(None, None, None)), RUNNING, JobStatus.RUNNING, Source.DATABASE, None, "",
+     {"database": "running", "state_file": "running", "liveness": "unknown"}, "running per the record; liveness"),
+    (ev(DB_RUN, FILE_RUN, Liveness(False, True, True)), RUNNING, JobStatus.RUNNING, Source.DATABASE, None, "",
+     {"database": "running", "state_file": "running", "liveness": "gone"}, "job process gone, wrapper still"),
+    (ev(DbEvidence("locked"), FILE_RUN, GONE), Known(JobStatus.RUNNING, last_alive_epoch=990), JobStatus.RUNNING,
+     Source.STATE_FILE, None, "", {"database": "locked", "state_file": "running", "liveness": "gone"},
+     "process gone for 10s, within the 30s grace"),
+    (ev(DbEvidence("no_row"), FileEvidence("missing"), GONE), Known(JobStatus.RUNNING, last_alive_epoch=990),
+     JobStatus.RUNNING, Source.NONE, None, "", {"database": "no_row", "state_file": "missing", "liveness": "gone"},
+     "process gone for 10s"),
+    (ev(DB_RUN, FILE_RUN, GONE), Known(JobStatus.RUNNING, last_alive_epoch=960, wrapper_gone_epoch=950),
+     JobStatus.LOST, Source.LIVENESS, None, "", {"database": "running", "state_file": "running", "liveness": "gone"},
+     "wrapper killed (gone by 1970-01-01T00:15:50Z); the job ran until about 1970-01-01T00:16:00Z; exit status"),
+    (ev(DB_RUN, FILE_RUN, GONE), Known(JobStatus.RUNNING, last_alive_epoch=960), JobStatus.LOST, Source.LIVENESS,
+     None, "", {"database": "running", "state_file": "running", "liveness": "gone"}, SIGKILL_REASON + ": wrapper"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), Liveness(None, None, True)), Q, JobStatus.RUNNING,
+     Source.LIVENESS, None, "", {"database": "queued", "state_file": "missing", "liveness": "unknown"},
+     "tmux session present"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), GONE, claim=Claim("wrapper", 9, True)), Q,
+     JobStatus.RUNNING, Source.LIVENESS, None, "", {"database": "queued", "state_file": "missing", "liveness": "gone",
+                                                   "claim": "wrapper"}, "wrapper starting"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), GONE, claim=Claim("wrapper", 9, False)), Q,
+     JobStatus.LOST, Source.NONE, None, "", {"database": "queued", "state_file": "missing", "liveness": "gone",
+                                             "claim": "wrapper"}, "a wrapper claimed the id and is gone"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), GONE, claim=Claim("other")), Q, JobStatus.LOST,
+     Source.NONE, None, "", {"database": "queued", "state_file": "missing", "liveness": "gone", "claim": "other"},
+     "the id is claimed on the host but its claim is empty"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), GONE, claim=Claim("fenced")), Q, JobStatus.FAILED,
+     Source.NONE, None, "", {"database": "queued", "state_file": "missing", "liveness": "gone", "claim": "fenced"},
+     NEVER_STARTED_REASON + " (nothing on the host"),
+    (ev(DbEvidence("ok", "queued"), FileEvidence("missing"), GONE, claim=Claim("absent")), Q, JobStatus.QUEUED,
+     Source.DATABASE, None, "", {"database": "queued", "state_file": "missing", "liveness": "gone"},
+     "queued; nothing started"),
+    (ev(DbEvidence("no_row"), FileEvidence("missing"), GONE), Q, JobStatus.QUEUED, Source.NONE, None, "",
+     {"database": "no_row", "state_file": "missing", "liveness": "gone"}, "queued; nothing started"),
+    (ev(DbEvidence("no_row"), FileEvidence("invalid"), GONE), Q, JobStatus.LOST, Source.NONE, None, "",
+     {"database": "no_row", "state_file": "invalid", "liveness": "gone"}, LOST_REASON),
+    (ev(None, None, Liveness()), Known(JobStatus.LOST), JobStatus.LOST, Source.NONE, None, "",
+     {"database": "not asked", "state_file": "not asked", "liveness": "unknown"}, LOST_REASON),
+]
+
+
+@pytest.mark.parametrize(("e", "known", "status", "source", "code", "flags", "said", "reason"), BRANCHES,
+                         ids=[f"{i}-{b[2].value}" for i, b in enumerate(BRANCHES)])
+def test_every_branch_exactly(e: Evidence, known: Known, status: JobStatus, source: Source, code: int | None,
+                              flags: str, said: dict[str, str], reason: str) -> None:
+    v = merge(e, known, grace=30)
+    assert (v.job_id, v.status, v.source, v.exit_code) == ("j1", status, source, code)
+    assert (v.stale, v.conflict, v.alive, v.wrapper_gone) == tuple(f in flags.split() for f in
+                                                                   ("stale", "conflict", "alive", "wrapper_gone"))
+    assert v.said == said
+    assert v.reason.startswith(reason), v.reason
+
+
+def test_the_grace_period_ends_exactly_at_grace() -> None:
+    evidence = ev(DB_RUN, FILE_RUN, GONE)
+    assert merge(evidence, Known(JobStatus.RUNNING, last_alive_epoch=970.5), grace=30).status is JobStatus.RUNNING
+    assert merge(evidence, Known(JobStatus.RUNNING, last_alive_epoch=970), grace=30).status is JobStatus.LOST
+    # measured from the recorded start when the store never saw it alive (the latest of them)
+    started = ev(DbEvidence("ok", "running", started_epoch=900),
+                 FileEvidence("ok", "running", started_epoch=980), GONE)
+    assert merge(started, Known(JobStatus.QUEUED, started_epoch=901), grace=30).status is JobStatus.RUNNING
+    assert merge(started, Known(JobStatus.QUEUED), grace=15).status is JobStatus.LOST
+
+
+@given(evidences, knowns)
+def test_every_verdict_is_well_formed(e: Evidence, known: Known) -> None:
+    v = merge(e, known)
+    assert v.job_id == e.job_id
+    assert isinstance(v.status, JobStatus)
+    assert isinstance(v.source, Source)
+    assert isinstance(v.reason, str)
+    assert v.reason
+    assert all(isinstance(k, str) and isinstance(x, str) for k, x in v.said.items())
+    if e.host.reachable:
+        assert {"database", "state_file", "liveness"} <= set(v.said)
+        assert not v.stale
+    else:
+        assert v.said == {"host": "unavailable"}
+    assert not v.alive or (e.live.job_alive is True and v.status is JobStatus.RUNNING)
+    assert not v.wrapper_gone or (v.alive and e.live.wrapper_alive is False)

@@ -136,7 +136,8 @@ def _host(base: Path, spec: dict[str, dict[str, object]]) -> None:
     for job, s in spec.items():
         if s["row"] is not None:
             status, code, token = s["row"]  # type: ignore[misc]
-            db.execute("INSERT INTO jobs (id, status, exit_code, token) VALUES (?, ?, ?, ?)", (job, status, code, token))
+            db.execute("INSERT INTO jobs (id, status, exit_code, token) VALUES (?, ?, ?, ?)",
+                       (job, status, code, token))
         if s["file"] == "garbage":
             (base / "jobs" / f"{job}.status").write_text("not json {\n")
         elif s["file"] is not None:
@@ -163,7 +164,9 @@ def test_the_real_probe_reports_what_is_on_the_host(spec: dict[str, dict[str, ob
         assert sorted(r.all_ids) == sorted(j for j, s in spec.items() if s["file"] is not None)
         for job, s in spec.items():
             ev = r.evidence[job]
-            assert ev.db is not None and ev.file is not None and ev.claim is not None
+            assert ev.db is not None
+            assert ev.file is not None
+            assert ev.claim is not None
             if s["row"] is None:
                 assert ev.db.state == "no_row"
             else:
@@ -185,3 +188,40 @@ def test_the_probe_script_is_posix_sh() -> None:
     script = Path(__file__).resolve().parents[2] / "jobkit" / "data" / "probe.sh"
     r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_field_of_a_row_and_a_state_file_reaches_the_evidence() -> None:
+    row = {"id": "a", "status": "failed", "exit_code": 3, "signal": "TERM", "started_epoch": 10,
+           "completed_epoch": 20, "boot_id": "b-1", "pid": 41, "token": "t"}
+    state = {"id": "a", "status": "failed", "exit_code": 3, "signal": "TERM", "pid": 41, "wrapper_pid": 40,
+             "proc_start": 7, "boot_id": "b-1", "started_epoch": 10, "completed_epoch": 20, "db": "ok"}
+    r = parse(answer(db="==db rc=0\n" + json.dumps([row]),
+                     files=f"E a\nF\t/b/jobs/a.status\t{json.dumps(state)}"), [JobQuery("a")])
+    db, f = r.evidence["a"].db, r.evidence["a"].file
+    assert db is not None
+    assert f is not None
+    assert (db.state, db.status, db.exit_code, db.signal, db.started_epoch, db.completed_epoch, db.boot_id, db.pid,
+            db.token) == ("ok", "failed", 3, "TERM", 10, 20, "b-1", 41, "t")
+    assert (f.state, f.status, f.exit_code, f.signal, f.pid, f.wrapper_pid, f.proc_start, f.boot_id,
+            f.started_epoch, f.completed_epoch, f.db) == ("ok", "failed", 3, "TERM", 41, 40, 7, "b-1", 10, 20, "ok")
+    assert f.raw == json.dumps(state)
+    assert (r.host.boot_id, r.host.now_epoch) == ("b-1", 1000.0)
+    # wrong types are no information, never a value
+    odd = dict(state, pid="41", exit_code=True, signal=5, boot_id=None)
+    f2 = parse(answer(files=f"E a\nF\t/b/jobs/a.status\t{json.dumps(odd)}"), [JobQuery("a")]).evidence["a"].file
+    assert f2 is not None
+    assert f2.state == "invalid"  # a final state needs an integer exit code
+    running = dict(state, status="running", exit_code=None, pid="41", signal=5)
+    f3 = parse(answer(files=f"E a\nF\t/b/jobs/a.status\t{json.dumps(running)}"), [JobQuery("a")]).evidence["a"].file
+    assert f3 is not None
+    assert (f3.state, f3.pid, f3.signal, f3.exit_code) == ("ok", None, None, None)
+
+
+def test_the_client_knows_of_the_process_when_the_host_forgot() -> None:
+    # neither row nor state file: the pid and start time the store learned decide liveness
+    r = parse(answer(procs="S 55 9 S"), [JobQuery("a", 55, 9), JobQuery("b", 55, 8), JobQuery("c")])
+    assert [r.evidence[j].live.job_alive for j in "abc"] == [True, False, None]
+    assert parse(answer(tmux="rc=none"), [JobQuery("a")]).evidence["a"].live.tmux_session is None
+    assert parse(answer(tmux="rc=1"), [JobQuery("a")]).evidence["a"].live.tmux_session is False
+    assert parse(answer(db="==db rc=0\nnot json"), [JobQuery("a")]).evidence["a"].db.state == "error"  # type: ignore[union-attr]
+    assert parse("==boot \n==now x\n==end\n", [JobQuery("a")]).host.now_epoch is None

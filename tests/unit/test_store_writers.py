@@ -170,3 +170,70 @@ class TwoWriters(RuleBasedStateMachine):
 
 TestTwoWriters = TwoWriters.TestCase
 TestTwoWriters.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_a_verdict_writes_every_field_it_carries_and_keeps_what_it_does_not(tmp_path: Path) -> None:
+    a, _ = two_stores(tmp_path)
+    a.add_job("j", "h", ["sleep", "9"], now=100.0, token="tok")
+    alive = Verdict("j", JobStatus.RUNNING, Source.STATE_FILE, "running; process alive", stale=False, alive=True,
+                    wrapper_gone=True)
+    r = a.apply([Update(alive, 0, {"pid": 41, "proc_start": 7, "boot_id": "b", "started_epoch": 95,
+                                   "host_now": 150.0}, 120.0)], now=130.0)
+    assert (r.changed, r.superseded) == (1, [])
+    rec = a.job("j")
+    assert (rec.status, rec.status_source, rec.reason, rec.stale, rec.conflict) == (
+        JobStatus.RUNNING, "state_file", "running; process alive", False, False)
+    assert (rec.pid, rec.proc_start, rec.boot_id, rec.started_at, rec.last_alive_at, rec.wrapper_gone_at) == (
+        41, 7, "b", 95, 150.0, 150.0)
+    assert (rec.version, rec.token, rec.exit_code, rec.completed_at, rec.command) == (1, "tok", None, None,
+                                                                                      ["sleep", "9"])
+    # unreachable: stale, last facts kept, wrapper_gone_at and started_at never moved
+    stale = Verdict("j", JobStatus.RUNNING, Source.NONE, "Host unavailable", stale=True)
+    assert a.apply([Update(stale, 1, {"host_now": None}, 160.0)], now=170.0).changed == 0
+    rec = a.job("j")
+    assert (rec.stale, rec.pid, rec.last_alive_at, rec.wrapper_gone_at, rec.started_at, rec.version) == (
+        True, 41, 150.0, 150.0, 95, 2)
+    done = Verdict("j", JobStatus.FAILED, Source.DATABASE, "failed (exit 3) per database", exit_code=3,
+                   signal="TERM", conflict=True)
+    assert a.apply([Update(done, 2, {"completed_epoch": 190, "host_now": 200.0}, 180.0)], now=210.0).changed == 1
+    rec = a.job("j")
+    assert (rec.status, rec.exit_code, rec.signal, rec.completed_at, rec.conflict, rec.stale) == (
+        JobStatus.FAILED, 3, "TERM", 190, True, False)
+    entries = a.history_entries("j")
+    assert [(e.status, e.exit_code, e.version, e.observed_at, e.source, e.timestamp) for e in entries] == [
+        ("queued", None, 0, 100.0, "client", 100.0), ("running", None, 1, 120.0, "state_file", 130.0),
+        ("failed", 3, 3, 180.0, "database", 210.0)]
+    assert a.history("j")[2] == ("failed", 210.0, "database", "failed (exit 3) per database")
+    a.close()
+
+
+def test_a_launch_that_started_nothing_is_recorded_and_a_refused_id_forgotten(tmp_path: Path) -> None:
+    a, b = two_stores(tmp_path)
+    a.add_job("f", "h", ["true"], token="t1")
+    assert a.mark_failed_launch("f", "tmux could not start")
+    rec = b.job("f")
+    assert (rec.status, rec.status_source, rec.reason, rec.version) == (
+        JobStatus.FAILED, "client", "launch failed: tmux could not start", 1)
+    assert rec.completed_at is not None
+    assert [(e.status, e.version) for e in b.history_entries("f")] == [("queued", 0), ("failed", 1)]
+    a.add_job("u", "h", ["true"], token="t2")
+    assert not a.forget_unlaunched("u", "another token")
+    assert a.forget_unlaunched("u", "t2")
+    assert [j.id for j in b.jobs()] == ["f"]
+    assert b.history_entries("u") == []
+    with pytest.raises(Exception, match="unknown job"):
+        b.job("u")
+    a.close()
+    b.close()
+
+
+def test_unusable_store_paths_are_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="cannot use the store"):
+        Store(tmp_path / "file" / "store.db")
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="not a file"):
+        Store(tmp_path / "dir.db")
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all, really" * 100)
+    with pytest.raises(StoreError, match="cannot use the store"):
+        Store(tmp_path / "garbage.db")
