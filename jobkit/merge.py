@@ -58,6 +58,12 @@ def merge(ev: Evidence, known: Known, *, grace: float = 30.0) -> Verdict:
                        f"Host unavailable ({host.error or 'no answer'}): state unavailable, last known status kept",
                        stale=True, exit_code=known.exit_code, said=said)
 
+    db_status = _status(db.status) if db is not None and db.state == "ok" else None
+    file_status = _status(sf.status) if sf is not None and sf.state == "ok" else None
+    said["database"] = db_status.value if db_status else (db.state if db is not None else "not asked")
+    said["state_file"] = file_status.value if file_status else (sf.state if sf is not None else "not asked")
+    said["liveness"] = {True: "alive", False: "gone", None: "unknown"}[live.job_alive]
+
     if db is not None and db.state == "ok" and db.token and known.token and db.token != known.token:
         # the row (and so the wrapper behind it) belongs to another submission of this id
         said["database"] = "another submission's row"
@@ -66,12 +72,6 @@ def merge(ev: Evidence, known: Known, *, grace: float = 30.0) -> Verdict:
         return Verdict(ev.job_id, JobStatus.FAILED, Source.DATABASE,
                        f"{NEVER_STARTED_REASON}: the id is used on the host by another submission "
                        "(its row has another token); that job's record is not this one's", said=said)
-
-    db_status = _status(db.status) if db is not None and db.state == "ok" else None
-    file_status = _status(sf.status) if sf is not None and sf.state == "ok" else None
-    said["database"] = db_status.value if db_status else (db.state if db is not None else "not asked")
-    said["state_file"] = file_status.value if file_status else (sf.state if sf is not None else "not asked")
-    said["liveness"] = {True: "alive", False: "gone", None: "unknown"}[live.job_alive]
 
     # 2. final states first, in order of trust; disagreement is reported
     finals: list[tuple[Source, JobStatus, int | None, str | None]] = []
