@@ -79,6 +79,7 @@ class FileEvidence:
     completed_epoch: int | None = None
     db: str | None = None
     raw: str | None = None
+    wrapper_start: int | None = None  # the wrapper's /proc start time (tells it from a reused pid)
 
 
 @dataclass(frozen=True)

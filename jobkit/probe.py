@@ -141,7 +141,9 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
         job_alive: bool | None = None
         if pid is not None:
             job_alive = pid in starts and (proc_start is None or starts[pid] == proc_start)
-        wrapper_alive = (sf.wrapper_pid in starts) if sf.wrapper_pid is not None else None
+        wrapper_alive: bool | None = None
+        if sf.wrapper_pid is not None:  # the same process, not a later one behind a reused pid
+            wrapper_alive = sf.wrapper_pid in starts and sf.wrapper_start in (None, starts[sf.wrapper_pid])
         tmux = (q.job_id in sessions) if tmux_known else None
         if tmux_known and not tmux_ok:
             tmux = False  # no tmux server on the socket: no session
@@ -160,11 +162,12 @@ def _claim(line: str | None, fenced_now: bool, starts: dict[int, int | None]) ->
     m = _CLAIM_RE.match(line)
     if m is None:
         return Claim("other")  # created but unwritten (a full disk), or not jobkit's
-    pid = int(m.group(1))
-    return Claim("wrapper", pid, pid in starts)
+    pid, start = int(m.group(1)), m.group(2)
+    return Claim("wrapper", pid, pid in starts and (start is None or starts[pid] == int(start)))
 
 
-_CLAIM_RE = re.compile(r"jobkit-wrapper\[(\d+)\] ")
+#: the claim line: its pid, and the wrapper's start time (to tell it from a reused pid)
+_CLAIM_RE = re.compile(r"jobkit-wrapper\[(\d+)\] [A-Za-z0-9_-]+: claimed(?: \(start (\d+)\))?")
 
 
 def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEvidence:
@@ -183,7 +186,7 @@ def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEv
     return FileEvidence("ok", data["status"], code, _str(data.get("signal")), _int(data.get("pid")),
                         _int(data.get("wrapper_pid")), _int(data.get("proc_start")), _str(data.get("boot_id")),
                         _int(data.get("started_epoch")), _int(data.get("completed_epoch")), _str(data.get("db")),
-                        raw=raw[:500])
+                        raw=raw[:500], wrapper_start=_int(data.get("wrapper_start")))
 
 
 async def probe(transport: Transport, queries: list[JobQuery], base_dir: str | None = None,

@@ -150,7 +150,12 @@ async def cancel(transport: Transport, job_id: str, base_dir: str | None = None,
     script = (
         f"b={b}; f=\"$b/jobs/{job_id}.status\"; "
         "w=$(sed -n 's/.*\"wrapper_pid\":\\([0-9][0-9]*\\).*/\\1/p' \"$f\" 2>/dev/null); "
+        "ws=$(sed -n 's/.*\"wrapper_start\":\\([0-9][0-9]*\\).*/\\1/p' \"$f\" 2>/dev/null); "
         "s=$(sed -n 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/p' \"$f\" 2>/dev/null); "
+        # a pid is only signalled while it is still that wrapper (its start time matches): pids
+        # are reused, and a cancel must never hit a stranger's process
+        "if [ -n \"$w\" ] && [ -n \"$ws\" ]; then l=; { read -r l </proc/$w/stat; } 2>/dev/null; "
+        "set -f; set -- ${l##*') '}; set +f; [ \"$#\" -ge 20 ] && shift 19 && [ \"$1\" = \"$ws\" ] || w=; fi; "
         "if [ \"$s\" = completed ] || [ \"$s\" = failed ]; then echo already-$s; "
         "elif [ -n \"$w\" ] && kill -s TERM \"$w\" 2>/dev/null; then echo signalled-wrapper; "
         f"elif tmux -S \"$b/tmux.sock\" kill-session -t ={job_id} 2>/dev/null; then echo killed-session; "

@@ -38,7 +38,7 @@ echo "flake-hunt: $runs run(s) of the full pytest suite, $cores core(s) kept bus
 failed_runs=0
 for i in $(seq 1 "$runs"); do
   started=$(date +%s)
-  if JOBKIT_HYPOTHESIS_PROFILE=${JOBKIT_HYPOTHESIS_PROFILE:-thorough} pytest -q -p no:cacheprovider \
+  if JOBKIT_HYPOTHESIS_PROFILE=${JOBKIT_HYPOTHESIS_PROFILE:-ci} pytest -q -p no:cacheprovider \
       --junitxml="$out/run-$i.xml" "$@" >"$out/run-$i.log" 2>&1; then
     verdict=passed
   else

@@ -36,7 +36,7 @@ jobkit lab build
 
 step "pytest: all tiers, under coverage"
 rm -f .coverage .coverage.*
-JOBKIT_HYPOTHESIS_PROFILE=thorough coverage run -m pytest --junitxml=reports/pytest.xml
+JOBKIT_HYPOTHESIS_PROFILE=${JOBKIT_HYPOTHESIS_PROFILE:-ci} coverage run -m pytest --junitxml=reports/pytest.xml
 coverage combine -q
 coverage report
 coverage xml -q -o reports/coverage.xml

@@ -7,11 +7,23 @@ from jobkit.lab import Lab, LabHost
 
 pytest_plugins = ["pytester"]
 
-# `fast` for development (pytest -m unit), `thorough` for the full run (scripts/run-tests.sh).
+# Profiles (JOBKIT_HYPOTHESIS_PROFILE): `fast` for development (the default), `ci` for the full
+# run (scripts/run-tests.sh: bounded examples, derandomised, so every run tries the same examples
+# and a failure replays as is), `thorough` for long hunts (more examples, more stateful steps).
+# The examples database lives in .hypothesis/ (git-ignored), never in the repository.
+PROFILE = os.environ.get("JOBKIT_HYPOTHESIS_PROFILE", "fast")
 settings.register_profile("fast", max_examples=150, deadline=None)
-settings.register_profile("thorough", max_examples=2000, deadline=None,
+settings.register_profile("ci", max_examples=600, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("JOBKIT_HYPOTHESIS_PROFILE", "fast"))
+settings.register_profile("thorough", max_examples=3000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = settings.get_profile(PROFILE)
+    seed = "derandomised (a fixed seed per test: every run tries the same examples)" if s.derandomize else "random"
+    return f"hypothesis profile {PROFILE}: {s.max_examples} examples per property, {seed}"
 
 
 @pytest.fixture(scope="session")

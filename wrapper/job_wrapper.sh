@@ -206,6 +206,10 @@ boot_id=
 { read -r boot_id </proc/sys/kernel/random/boot_id; } 2>/dev/null
 case $boot_id in *[!0123456789abcdef-]*) boot_id= ;; esac
 
+# The wrapper's own start time: with its pid, it tells this wrapper from a later process that
+# reuses the pid (a reconciler deciding "wrapper gone", a cancel deciding whom to signal).
+proc_start_of "$$"
+wrapper_start=$proc_start
 status='' exit_code='' started_at='' started_epoch='' completed_at='' completed_epoch='' proc_start=''
 forced_kill=false db_state=pending db_detail='' dir_sync_pid=''
 
@@ -231,7 +235,7 @@ write_state() { # [running|final|annotate]; writes through the temp file $wtmp
   jstr "$boot_id"; t_boot=$tok
   jstr "$db_state"; t_db=$tok
   jstr "$db_detail"; t_dbd=$tok
-  json="{\"version\":$JOBKIT_WRAPPER_VERSION,\"id\":\"$job_id\",\"status\":$t_status,\"exit_code\":$t_exit,\"signal\":$t_sig,\"forced_kill\":$forced_kill,\"started_at\":$t_sa,\"started_epoch\":$t_se,\"completed_at\":$t_ca,\"completed_epoch\":$t_ce,\"user\":$t_user,\"host\":$t_host,\"pid\":$t_pid,\"pgid\":$t_pid,\"proc_start\":$t_ps,\"boot_id\":$t_boot,\"wrapper_pid\":$$,\"db\":$t_db,\"db_detail\":$t_dbd}"
+  json="{\"version\":$JOBKIT_WRAPPER_VERSION,\"id\":\"$job_id\",\"status\":$t_status,\"exit_code\":$t_exit,\"signal\":$t_sig,\"forced_kill\":$forced_kill,\"started_at\":$t_sa,\"started_epoch\":$t_se,\"completed_at\":$t_ca,\"completed_epoch\":$t_ce,\"user\":$t_user,\"host\":$t_host,\"pid\":$t_pid,\"pgid\":$t_pid,\"proc_start\":$t_ps,\"boot_id\":$t_boot,\"wrapper_pid\":$$,\"wrapper_start\":${wrapper_start:-null},\"db\":$t_db,\"db_detail\":$t_dbd}"
   back=
   if { printf '%s\n' "$json" >"$wtmp"; } 2>/dev/null &&
     { read -r back <"$wtmp"; } 2>/dev/null && [ "$back" = "$json" ] &&
@@ -358,7 +362,7 @@ if [ "$claimed" = 0 ]; then
   fi
   cannot_write "cannot create files"
 fi
-{ printf 'jobkit-wrapper[%s] %s: claimed\n' "$$" "$job_id" >>"$log"; } 2>/dev/null ||
+{ printf 'jobkit-wrapper[%s] %s: claimed (start %s)\n' "$$" "$job_id" "$wrapper_start" >>"$log"; } 2>/dev/null ||
   cannot_write "no space for data: the disk is full"
 
 # SQLite locking, WAL and flock are unreliable on network filesystems: refuse them.

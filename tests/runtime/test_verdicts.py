@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobkit.errors import JobIdInUse, OutcomeUnknown
+from jobkit.errors import JobIdInUse, JobkitError, OutcomeUnknown
 from jobkit.lab import Lab, LabHost
 from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import JobStatus
@@ -208,3 +208,26 @@ async def test_a_job_that_never_started_is_fenced_and_can_then_never_start(host:
     assert (await transport.run(f"test -e {B}/ran-{job}")).exit_status != 0
     again = await reconcile_host(transport, store, host.target, all_jobs=True)
     assert next(v for v in again.verdicts if v.job_id == job).status is JobStatus.FAILED
+
+
+async def test_a_wrappers_pid_reused_by_another_process_is_neither_alive_nor_signalled(
+        host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    """pids wrap (pid_max is 32768 on many hosts): a dead wrapper's pid may name a stranger."""
+    from jobkit.runner import cancel
+
+    job = jid("reuse")
+    stranger = int((await transport.run("sleep 60 >/dev/null 2>&1 & echo $!", check=True)).stdout)
+    try:
+        await store.call(store.sync.add_job, job, host.target, ["true"])
+        state = {"version": 1, "id": job, "status": "running", "exit_code": None, "pid": stranger,
+                 "pgid": stranger, "proc_start": 1, "wrapper_pid": stranger, "wrapper_start": 1,
+                 "started_epoch": int(time.time()) - 100}
+        await transport.run(f"cat >{B}/jobs/{job}.status", stdin=json.dumps(state) + "\n", check=True)
+        v = (await reconcile_host(transport, store, host.target, grace=0)).verdicts[0]
+        assert v.said["liveness"] == "gone"
+        assert v.status is JobStatus.LOST, v.log_line()  # not "wrapper still finishing" forever
+        with pytest.raises(JobkitError, match="not found"):
+            await cancel(transport, job)
+        assert (await transport.run(f"kill -0 {stranger}")).exit_status == 0, "cancel signalled a stranger"
+    finally:
+        await transport.run(f"kill {stranger}; true")

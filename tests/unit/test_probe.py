@@ -225,3 +225,17 @@ def test_the_client_knows_of_the_process_when_the_host_forgot() -> None:
     assert parse(answer(tmux="rc=1"), [JobQuery("a")]).evidence["a"].live.tmux_session is False
     assert parse(answer(db="==db rc=0\nnot json"), [JobQuery("a")]).evidence["a"].db.state == "error"  # type: ignore[union-attr]
     assert parse("==boot \n==now x\n==end\n", [JobQuery("a")]).host.now_epoch is None
+
+
+def test_a_claim_names_its_wrapper_by_pid_and_start_time() -> None:
+    def alive(line: str, procs: str) -> bool | None:
+        ev = parse(answer(files=f"L\ta\t{line}", procs=procs), [JobQuery("a")]).evidence["a"]
+        assert ev.claim is not None
+        assert ev.claim.state == "wrapper"
+        assert ev.live.wrapper_alive is ev.claim.alive  # no state file: the claim tells
+        return ev.claim.alive
+
+    assert alive("jobkit-wrapper[40] a: claimed (start 3)", "S 40 3 S") is True
+    assert alive("jobkit-wrapper[40] a: claimed (start 3)", "S 40 4 S") is False  # a later process, same pid
+    assert alive("jobkit-wrapper[40] a: claimed (start 3)", "") is False
+    assert alive("jobkit-wrapper[40] a: claimed", "S 40 9 S") is True  # an older wrapper: no start recorded

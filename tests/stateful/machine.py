@@ -1,0 +1,496 @@
+"""A stateful, end-to-end model of the runtime: hypothesis drives the real runner, probe, merge,
+store and wrapper against a real host, with faults, and checks every verdict against the ground
+truth the model keeps.
+
+Rules submit jobs with random behaviour (exit code, ignoring TERM, output, a child process),
+release them, cancel them, SIGKILL their wrapper or their group, kill their tmux session or the
+tmux server, lock / delete / corrupt the server database, delete / corrupt state files, pause the
+host, step the clock (reconcile as if the grace period had passed), restart the runner (new store
+connections) and reconcile — also from a second client on the same store whose answers arrive
+late. After every step: no verdict contradicts the truth, the history checker finds nothing,
+every reconcile was one round trip within its bound, and a paused host changed no status. When
+the example ends every fault is lifted, every job released and waited for, and then every
+verdict must equal the truth (or be `lost` where nothing could record the end), and nothing may
+be lost.
+
+Hypothesis rules cannot be async: the machine owns an event loop and runs each rule on it, so a
+late reconciliation started by one rule goes on while later rules run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from jobkit.deploy import deploy
+from jobkit.errors import JobkitError, LaunchFailed, OutcomeUnknown
+from jobkit.faults import Fault, HostHandle, Injected, inject
+from jobkit.history import check_history, host_records
+from jobkit.lab import LabHost
+from jobkit.models import JobStatus
+from jobkit.probe import JobQuery, probe
+from jobkit.reconcile import HostReport, reconcile_host
+from jobkit.runner import cancel, submit
+from jobkit.store import AsyncStore, Store
+from jobkit.transport import CommandResult
+from jobkit.transport_ssh import SSHTransport
+
+HOST = "sm"
+TIMEOUT = 1.5  # the reconcile bound under test (a paused host costs this much per reconcile)
+SETTLE_TIMEOUT = 10.0  # once every fault is lifted: a loaded machine must not look unreachable
+SLACK = 1.0  # "returns within timeout + 1 s"
+KILL_GRACE = 1  # the wrapper's grace between TERM and KILL
+
+
+@dataclass
+class Truth:
+    """What really happened to one job, as far as the model knows."""
+
+    job_id: str
+    code: int
+    ignores_term: bool
+    launch: str = "ok"  # ok | failed (provably nothing started) | unknown
+    released: bool = False
+    wrapper_signalled: bool = False
+    group_killed: bool = False
+    wrapper_killed: bool = False
+    file_faulted: bool = False  # its state file was replaced by a fault (restored from a copy later)
+    db_faulted: bool = False  # the database was deleted or corrupted (restored later) during its life
+
+    @property
+    def at_risk(self) -> bool:
+        """Both records of its end may be gone: the database lost its updates while the state
+        file was put back from an older copy."""
+        return self.file_faulted and self.db_faulted
+    ends: set[tuple[str, int | None]] = field(default_factory=set)  # finals it may have had
+
+    def end_by_itself(self) -> tuple[str, int]:
+        return ("completed", 0) if self.code == 0 else ("failed", self.code)
+
+    def allowed_finals(self) -> set[tuple[str, int | None]]:
+        out = set(self.ends)
+        if self.launch != "ok":
+            out.add(("failed", None))  # never started (launch failed, or fenced later)
+        return out
+
+    def lost_allowed(self) -> bool:
+        return self.wrapper_killed or self.at_risk or self.launch == "unknown"
+
+
+class Counting:
+    """The transport under test, counting its calls (one reconcile = one round trip)."""
+
+    def __init__(self, real: SSHTransport) -> None:
+        self.real, self.calls = real, 0
+
+    @property
+    def host_name(self) -> str:
+        return self.real.host_name
+
+    async def run(self, command: str, **kw: Any) -> CommandResult:
+        self.calls += 1
+        return await self.real.run(command, **kw)
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+class LateAnswers(Counting):
+    """A second client's transport: the host's answer reaches it ``delay`` seconds late."""
+
+    def __init__(self, real: SSHTransport, delay: float) -> None:
+        super().__init__(real)
+        self.delay = delay
+
+    async def run(self, command: str, **kw: Any) -> CommandResult:
+        r = await super().run(command, **kw)
+        await asyncio.sleep(self.delay)
+        return r
+
+
+class RuntimeMachine(RuleBasedStateMachine):
+    #: set by the test module: the host every example runs on (shared; each example gets a
+    #: base directory of its own)
+    host: ClassVar[LabHost]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = Path(__import__("tempfile").mkdtemp(prefix="jobkit-sm-"))
+        self.base = f"~/.jobkit-sm-{uuid.uuid4().hex[:8]}"
+        self.base_abs = ""
+        self.jobs: dict[str, Truth] = {}
+        self.db_fault: Injected | None = None
+        self.db_fault_kind: Fault | None = None
+        self.file_faults: dict[str, Injected] = {}
+        self.lock_until = 0.0
+        self.paused = False
+        self.late: asyncio.Task[HostReport] | None = None
+        self.late_started = 0.0
+        self.late_delay = 0.0
+        self.n = 0
+        self.stores: list[AsyncStore] = []
+        self.t: Counting | None = None
+        self.t_late: SSHTransport | None = None
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    @property
+    def store(self) -> AsyncStore:
+        return self.stores[0]
+
+    def sh(self, command: str, timeout: float = 10.0) -> CommandResult:
+        assert self.t is not None
+        return self.run(self.t.real.run(command, timeout=timeout))
+
+    def state_field(self, job: str, name: str) -> int | None:
+        r = self.sh(f"sed -n 's/.*\"{name}\":\\([0-9][0-9]*\\).*/\\1/p' {self.base_abs}/jobs/{job}.status "
+                    "2>/dev/null")
+        out = r.stdout.strip()
+        return int(out) if out.isdigit() else None
+
+    def open_stores(self) -> None:
+        path = self.tmp / "store.db"
+        self.stores = [AsyncStore(Store(path)), AsyncStore(Store(path))]
+
+    def close_stores(self) -> None:
+        for s in self.stores:
+            s.sync.close()
+        self.stores = []
+
+    @initialize()
+    def setup(self) -> None:
+        spec = self.host.spec
+        self.open_stores()
+        self.store.sync.add_host(type(spec)(HOST, spec.address, spec.port, spec.user, spec.private_key,
+                                            spec.known_host_key, self.base))
+        self.t = Counting(SSHTransport(spec))
+        self.t_late = SSHTransport(spec)
+        self.base_abs = self.run(deploy(self.t.real, self.base)).base_dir
+        note(f"base directory {self.base_abs}")
+
+    # --- jobs -----------------------------------------------------------------------------------
+    @precondition(lambda self: len(self.jobs) < 8)
+    @rule(code=st.sampled_from([0, 0, 1, 3]), ignores_term=st.booleans(), child=st.booleans(),
+          output=st.booleans())
+    def submit_job(self, code: int, ignores_term: bool, child: bool, output: bool) -> None:
+        self.n += 1
+        job = f"sm-{self.n}-{uuid.uuid4().hex[:6]}"
+        rel = f"{self.base_abs}/rel-{job}"
+        script = "".join([
+            "trap '' TERM; " if ignores_term else "",
+            "sleep 300 & " if child else "",
+            f"echo output of {job}; echo more >&2; " if output else "",
+            f"while [ ! -e {shlex.quote(rel)} ]; do sleep 0.05; done; exit {code}",
+        ])
+        truth = Truth(job, code, ignores_term)
+        self.jobs[job] = truth
+        truth.db_faulted = self.db_fault_kind in (Fault.DELETED_DB, Fault.CORRUPT_DB)
+        assert self.t is not None
+        try:
+            self.run(submit(self.t.real, self.store, HOST, ["sh", "-c", script], job_id=job, base_dir=self.base,
+                            env={"JOBKIT_KILL_GRACE": str(KILL_GRACE)}, timeout=10))
+        except LaunchFailed as exc:
+            truth.launch = "failed"
+            note(f"{job}: launch failed: {exc}")
+            return
+        except OutcomeUnknown as exc:
+            truth.launch = "unknown"
+            note(f"{job}: outcome unknown: {exc}")
+            return
+        # the wrapper's first state is written at once: wait for it, so later rules act on a
+        # running job (a launch cannot be slower than this bound here)
+        deadline = time.monotonic() + 15
+        while self.sh(f"test -e {self.base_abs}/jobs/{job}.status").exit_status != 0:
+            assert time.monotonic() < deadline, f"{job}: no state file 15 s after its launch"
+            self.run(asyncio.sleep(0.05))
+
+    def live(self) -> list[str]:
+        return sorted(j for j, t in self.jobs.items() if t.launch == "ok")
+
+    @precondition(lambda self: any(not t.released for t in self.jobs.values()))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(sorted(j for j, t in self.jobs.items() if not t.released)))
+        t = self.jobs[job]
+        t.released = True
+        if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
+            t.ends.add(t.end_by_itself())
+        self.sh(f"touch {self.base_abs}/rel-{job}")
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data())
+    def cancel_job(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(self.live()))
+        t = self.jobs[job]
+        try:
+            what = self.run(cancel(self.t.real if self.t else None, job, self.base))  # type: ignore[arg-type]
+        except JobkitError as exc:
+            note(f"{job}: cancel: {exc}")
+            return
+        note(f"{job}: cancel: {what}")
+        if what == "signalled-wrapper" and not t.wrapper_killed:
+            t.wrapper_signalled = True
+            t.ends.add(("failed", 143))
+        elif what == "killed-session":
+            t.wrapper_signalled = True
+            t.ends.add(("failed", 129))
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data())
+    def sigkill_wrapper(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(self.live()))
+        pid = self.state_field(job, "wrapper_pid")
+        if pid is not None and self.sh(f"kill -s KILL {pid} 2>/dev/null").exit_status == 0:
+            self.jobs[job].wrapper_killed = True
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data())
+    def sigkill_group(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(self.live()))
+        pgid = self.state_field(job, "pgid")
+        if pgid is None:
+            return
+        t = self.jobs[job]
+        r = self.sh(f"kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null")
+        if r.exit_status == 0:
+            t.group_killed = True
+            if not t.wrapper_signalled:
+                t.ends.add(("failed", 137))
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data(), server=st.booleans())
+    def kill_tmux(self, data: st.DataObject, server: bool) -> None:
+        handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
+        victims = self.live() if server else [data.draw(st.sampled_from(self.live()))]
+        try:
+            self.run(inject(Fault.KILL_TMUX_SERVER if server else Fault.KILL_TMUX_SESSION, handle,
+                            job_id=victims[0]))
+        except JobkitError as exc:
+            note(f"kill tmux: {exc}")
+            return
+        for job in victims:  # the pane's process is the wrapper: SIGHUP
+            t = self.jobs[job]
+            if not t.wrapper_killed:
+                t.wrapper_signalled = True
+                t.ends.add(("failed", 129))
+
+    # --- faults -------------------------------------------------------------------------------
+    @precondition(lambda self: self.db_fault is None)
+    @rule(kind=st.sampled_from([Fault.LOCKED_DB, Fault.DELETED_DB, Fault.CORRUPT_DB]))
+    def break_database(self, kind: Fault) -> None:
+        handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
+        inj = self.run(inject(kind, handle, seconds=2))
+        self.db_fault, self.db_fault_kind = inj, kind
+        if kind is not Fault.LOCKED_DB:
+            for t in self.jobs.values():
+                t.db_faulted = True
+
+    @precondition(lambda self: bool([j for j in self.live() if j not in self.file_faults]))
+    @rule(data=st.data(), kind=st.sampled_from([Fault.DELETED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
+                                                 Fault.TRUNCATED_STATE_FILE]))
+    def break_state_file(self, data: st.DataObject, kind: Fault) -> None:
+        job = data.draw(st.sampled_from([j for j in self.live() if j not in self.file_faults]))
+        handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
+        try:
+            self.file_faults[job] = self.run(inject(kind, handle, job_id=job))
+        except JobkitError as exc:
+            note(f"{job}: {kind.name}: {exc}")
+            return
+        # restoring puts back the copy taken now: a later record written meanwhile is replaced
+        self.jobs[job].file_faulted = True
+
+    @precondition(lambda self: (self.db_fault is not None or bool(self.file_faults)))
+    @rule(everything=st.booleans())
+    def lift_faults(self, everything: bool) -> None:
+        if self.db_fault is not None and (everything or not self.file_faults):
+            self.run(self.db_fault.restore())
+            self.db_fault = self.db_fault_kind = None
+        for job in list(self.file_faults)[: None if everything else 1]:
+            self.run(self.file_faults.pop(job).restore())
+
+    @rule(clock_stepped=st.booleans())
+    def pause_host_and_reconcile(self, clock_stepped: bool) -> None:
+        """The host freezes (a paused container, a stalled network), a reconciliation runs
+        against it, the host comes back: bounded, unavailable, nothing changed but staleness."""
+        if self.host.local is not None:
+            self.host.local.pause(limit=60)
+        else:
+            self.host.container.get_wrapped_container().pause()
+        self.paused = True
+        try:
+            self.reconcile(clock_stepped)
+        finally:
+            self._resume()
+
+    def _resume(self) -> None:
+        if not self.paused:
+            return
+        if self.host.local is not None:
+            self.host.local.resume()
+        else:
+            self.host.container.get_wrapped_container().unpause()
+        self.paused = False
+
+    @rule()
+    def restart_runner(self) -> None:
+        if self.late is not None:
+            self.collect_late()
+        self.close_stores()
+        self.open_stores()
+
+    # --- reconciliation -------------------------------------------------------------------------
+    @rule(clock_stepped=st.booleans())
+    def reconcile(self, clock_stepped: bool, timeout: float = TIMEOUT) -> None:
+        assert self.t is not None
+        before = {j.id: j for j in self.store.sync.jobs()}
+        self.t.calls = 0
+        started = time.monotonic()
+        report = self.run(reconcile_host(self.t, self.store, HOST, base_dir=self.base,
+                                         grace=0.0 if clock_stepped else 30.0, timeout=timeout))
+        elapsed = time.monotonic() - started
+        note(f"reconcile ({'clock stepped' if clock_stepped else 'now'}): reachable={report.reachable} "
+             f"{elapsed:.2f}s " + "; ".join(v.log_line() for v in report.verdicts))
+        assert self.t.calls == 1, f"{self.t.calls} round trips for one reconcile"
+        assert elapsed < timeout + SLACK, f"reconcile took {elapsed:.2f}s (bound {timeout}+{SLACK})"
+        if self.paused:
+            assert not report.reachable, "a paused host answered"
+        if not report.reachable:
+            for v in report.verdicts:
+                assert v.stale, v.log_line()
+            for rec in self.store.sync.jobs():
+                if rec.id in before and rec.id not in report.superseded:
+                    assert rec.status is before[rec.id].status, f"{rec.id}: status changed on an unreachable host"
+                    if rec.status.value in ("queued", "running", "lost"):
+                        assert rec.stale, f"{rec.id}: not marked stale"
+
+    @precondition(lambda self: self.late is None)
+    @rule(delay=st.sampled_from([0.3, 1.0, 2.0]))
+    def start_late_reconcile(self, delay: float) -> None:
+        assert self.t_late is not None
+        self.late_delay, self.late_started = delay, time.monotonic()
+        self.late = self.loop.create_task(reconcile_host(LateAnswers(self.t_late, delay), self.stores[1], HOST,
+                                                         base_dir=self.base, timeout=TIMEOUT))
+
+    @precondition(lambda self: self.late is not None)
+    @rule()
+    def collect_late(self) -> None:
+        assert self.late is not None
+        report = self.run(self.late)
+        self.late = None
+        note(f"late reconcile: reachable={report.reachable} superseded={report.superseded}")
+
+    # --- what must always hold ------------------------------------------------------------------
+    @invariant()
+    def no_verdict_contradicts_the_truth(self) -> None:
+        if not self.stores:
+            return
+        for rec in self.store.sync.jobs():
+            t = self.jobs.get(rec.id)
+            if t is None or not rec.status.final:
+                continue
+            assert (rec.status.value, rec.exit_code) in t.allowed_finals(), (
+                f"{rec.id}: recorded {rec.status.value} (exit {rec.exit_code}: {rec.reason}) but it can only have "
+                f"ended {sorted(t.allowed_finals(), key=str) or 'not at all yet'} ({t})")
+
+    @invariant()
+    def no_impossible_transition(self) -> None:
+        if not self.stores:
+            return
+        bad = check_history(self.store.sync.history_entries())
+        assert not bad, "; ".join(v.line() for v in bad)
+
+    # --- the end: lift everything, let every job end, then every verdict must be the truth ------
+    def teardown(self) -> None:
+        try:
+            if self.t is not None and self.stores:
+                self._settle_and_check()
+        finally:
+            self._cleanup()
+
+    def _settle_and_check(self) -> None:
+        self._resume()
+        if self.late is not None:
+            self.collect_late()
+        if self.db_fault is not None or self.file_faults:
+            self.lift_faults(everything=True)
+        for t in self.jobs.values():
+            if not t.released:
+                t.released = True
+                if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
+                    t.ends.add(t.end_by_itself())
+        self.sh(f"for j in {' '.join(self.jobs) or 'none'}; do touch {self.base_abs}/rel-$j; done")
+        deadline = time.monotonic() + 30
+        while not self._all_wrappers_done():
+            assert time.monotonic() < deadline, "wrappers still running 30 s after every job was released"
+            self.run(asyncio.sleep(0.1))
+        for _ in range(2):
+            self.reconcile(clock_stepped=True, timeout=SETTLE_TIMEOUT)
+            assert self.stores
+            assert self.t is not None
+        recs = {r.id: r for r in self.store.sync.jobs()}
+        for job, t in self.jobs.items():
+            rec = recs.get(job)
+            if t.launch == "failed" and rec is None:
+                continue
+            assert rec is not None, f"{job}: no store row"
+            assert self.store.sync.history(job), f"{job}: no history"
+            got = (rec.status.value, rec.exit_code)
+            if rec.status is JobStatus.LOST:
+                assert t.lost_allowed(), f"{job}: lost although its end was recorded: {rec.reason} ({t})"
+            else:
+                assert got in t.allowed_finals(), f"{job}: {got} ({rec.reason}), the truth: {t}"
+        # the host still has a record of every job a fault did not destroy, and agrees
+        assert self.t is not None
+        result = self.run(probe(self.t.real, [JobQuery(j) for j in self.jobs], self.base, SETTLE_TIMEOUT))
+        assert result.host.reachable, result.host.error
+        for job, t in self.jobs.items():
+            ev = result.evidence[job]
+            has = (ev.file is not None and ev.file.state == "ok") or (ev.db is not None and ev.db.state == "ok")
+            if t.launch == "ok" and not t.at_risk:
+                assert has, f"{job}: no host record left"
+        tokens = {r.id: r.token for r in recs.values()}
+        bad = check_history(self.store.sync.history_entries(), host_records(result.evidence, tokens))
+        assert not bad, "; ".join(v.line() for v in bad)
+
+    def _all_wrappers_done(self) -> bool:
+        """No wrapper of the example runs any more (the probe tells a wrapper from a later
+        process behind the same pid by its start time)."""
+        assert self.t is not None
+        result = self.run(probe(self.t.real, [JobQuery(j) for j in self.jobs], self.base, SETTLE_TIMEOUT))
+        if not result.host.reachable:
+            return False
+        return not any(ev.live.wrapper_alive for ev in result.evidence.values())
+
+    def _cleanup(self) -> None:
+        try:
+            self._resume()
+            if self.late is not None:
+                self.late.cancel()
+                self.loop.run_until_complete(asyncio.gather(self.late, return_exceptions=True))
+            for inj in [*([self.db_fault] if self.db_fault else []), *self.file_faults.values()]:
+                self.loop.run_until_complete(asyncio.gather(inj.restore(), return_exceptions=True))
+            if self.t is not None and self.base_abs:
+                # every job's group (children included), the tmux server, the base directory
+                self.sh(f"b={self.base_abs}; for f in \"$b\"/jobs/*.status; do [ -e \"$f\" ] || continue; "
+                        "g=$(sed -n 's/.*\"pgid\":\\([0-9][0-9]*\\).*/\\1/p' \"$f\"); [ -z \"$g\" ] || "
+                        "kill -s KILL -- -$g 2>/dev/null || kill -s KILL -$g 2>/dev/null; done; "
+                        "tmux -S \"$b/tmux.sock\" kill-server 2>/dev/null; rm -rf \"$b\"; true", timeout=15)
+        finally:
+            for t in (self.t, self.t_late):
+                if t is not None:
+                    self.loop.run_until_complete(t.close())
+            self.close_stores()
+            self.loop.close()
+            __import__("shutil").rmtree(self.tmp, ignore_errors=True)
