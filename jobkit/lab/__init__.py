@@ -18,9 +18,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import tempfile
+import socket
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from jobkit.hosts import HostSpec
 from jobkit.lab.build import image_id
 from jobkit.lab.keys import ClientKey, client_key, host_key
 from jobkit.lab.local import LocalTarget
+from jobkit.lab.session import Owner, create_kept_dir, create_workdir, reap_kept_dirs, remove_workdir, stop_processes
 from jobkit.lab.targets import Target, get_target, load_manifest, offline_targets
 from jobkit.transport_ssh import SSHTransport
 
@@ -54,50 +56,69 @@ def _testcontainers() -> Any:
     return DockerContainer
 
 
+def docker_client(timeout: float = 10) -> Any:
+    """A client of the Docker engine (``DOCKER_HOST`` etc. as the docker CLI reads them), or an
+    error when none answers. The API version is asked first with a client that is closed
+    whatever happens: ``docker.from_env()`` asks it in its constructor and leaks its socket
+    when the engine does not answer."""
+    import docker
+    from docker.utils import kwargs_from_env
+
+    kwargs = kwargs_from_env()
+    base = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
+    if base.startswith(("unix://", "/")):  # docker-py leaks the socket of a failed unix connect
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(base.removeprefix("unix://"))
+            except OSError as exc:
+                raise ConnectionError(f"cannot connect to {base}: {exc.strerror or exc}") from exc
+    probe = docker.APIClient(version="1.24", timeout=timeout, **kwargs)  # no request made yet
+    try:
+        version = str(probe.version(api_version=False)["ApiVersion"])
+    finally:
+        probe.close()
+    return docker.DockerClient(version=version, timeout=timeout, **kwargs)
+
+
 def docker_available() -> bool:
     try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
+        docker_client(timeout=5).close()
     except Exception:
         return False
+    return True
 
 
 def reap_orphans(keep_session: str | None = None) -> int:
-    """Remove lab containers whose owning process is gone (a crashed session); return how many."""
-    import docker
+    """Remove lab containers whose owning process is gone (a crashed session); return how many.
 
-    client = docker.from_env(timeout=10)
+    Never a container of a live session (another process's, or ``keep_session``), nor one kept
+    by ``jobkit lab up`` (``jobkit lab down`` removes those); key directories of kept containers
+    that no longer exist go too."""
+    client = docker_client()
     removed = 0
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-        labels = c.labels or {}
-        if labels.get(f"{LABEL}.session") == keep_session or labels.get(f"{LABEL}.keep") == "1":
-            continue
-        try:
-            pid = int(labels.get(f"{LABEL}.pid", "0"))
-        except ValueError:
-            pid = 0
-        if pid > 0 and labels.get(f"{LABEL}.boot") == _boot_id() and _alive(pid):
-            continue  # another live session owns it
-        with contextlib.suppress(Exception):
-            c.remove(force=True)
-            removed += 1
+    keydirs: set[str] = set()
+    try:
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+            labels = c.labels or {}
+            if labels.get(f"{LABEL}.keydir"):
+                keydirs.add(labels[f"{LABEL}.keydir"])
+            if labels.get(f"{LABEL}.session") == keep_session or labels.get(f"{LABEL}.keep") == "1":
+                continue
+            if owner_of(labels).alive():
+                continue  # another live session owns it
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+                removed += 1
+    finally:
+        client.close()
+    reap_kept_dirs(keydirs)
     return removed
 
 
-def _boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def owner_of(labels: dict[str, str]) -> Owner:
+    """The process that started a lab container, from its labels."""
+    return Owner.from_labels(labels, LABEL)
 
 
 @dataclass
@@ -140,15 +161,27 @@ class LabHost:
 
 
 class Lab:
-    """A lab session: one client key, at most one shared host per target, reaped at the end."""
+    """A lab session: one client key, at most one shared host per target, reaped at the end.
+
+    ``workdir``: where the session keeps its key and the homes of ``local`` targets. By default
+    a private directory of the session under the cache dir, removed by :meth:`close` (also at
+    interpreter exit if close was never called); a given ``workdir`` is the caller's and stays,
+    but what the session started in it (tmux servers, jobs) is stopped all the same."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self.session = uuid.uuid4().hex[:12]
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jobkit-lab-"))
-        self.key: ClientKey = client_key(self.workdir / "keys")
         self._shared: dict[str, LabHost] = {}
         self._all: list[LabHost] = []
         self._reaped = False
+        own = workdir is None
+        self.workdir = create_workdir("lab") if workdir is None else workdir
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._cleanup = weakref.finalize(self, _end_session, self.workdir, own)
+        try:
+            self.key: ClientKey = client_key(self.workdir / "keys")
+        except BaseException:
+            self._cleanup()
+            raise
 
     def __enter__(self) -> Lab:
         return self
@@ -158,10 +191,16 @@ class Lab:
 
     def start(self, target: str, *, fresh: bool = False, keep: bool = False) -> LabHost:
         """A ready host for ``target``; shared within the session unless ``fresh``. A ``keep``
-        host outlives the session (``jobkit lab up``) until ``jobkit lab down``."""
+        host outlives the session (``jobkit lab up``) until ``jobkit lab down``; it has a key of
+        its own, in a directory that goes with the container."""
         if not fresh and not keep and target in self._shared:
             return self._shared[target]
-        host = self._start_local() if target == "local" else self._start_docker(target, keep=keep)
+        if target == "local":
+            if keep:
+                raise ConfigError("the local target runs inside its session's process: it cannot be kept")
+            host = self._start_local()
+        else:
+            host = self._start_docker(target, keep=keep)
         if keep:
             return host
         self._all.append(host)
@@ -170,21 +209,37 @@ class Lab:
         return host
 
     def close(self) -> None:
-        for host in self._all:
-            host.stop()
-        self._all.clear()
+        """Stop every host of the session, then remove the work directory (idempotent)."""
+        hosts, self._all = self._all, []
         self._shared.clear()
+        try:
+            for host in hosts:
+                with contextlib.suppress(Exception):
+                    host.stop()
+        finally:
+            self._cleanup()
 
     # --- targets ----------------------------------------------------------------------------
     def _start_local(self) -> LabHost:
         start = time.monotonic()
-        local = LocalTarget(self.workdir / f"local-{len(self._all)}")
-        spec = local.start_in_thread()
-        report = _ready(spec, time.monotonic() + READY_TIMEOUT)
+        n = len(self._all)
+        while (self.workdir / f"local-{n}").exists():
+            n += 1
+        local = LocalTarget(self.workdir / f"local-{n}")
+        _check_socket_room(local.home)
+        try:
+            spec = local.start_in_thread()
+            report = _ready(spec, time.monotonic() + READY_TIMEOUT)
+        except BaseException:
+            local.stop_in_thread()
+            raise
         return LabHost("local", spec, report, time.monotonic() - start, local=local)
 
     def _start_docker(self, name: str, keep: bool = False) -> LabHost:
         target = get_target(name)
+        if not docker_available():
+            raise ConfigError(f"lab target {name} needs a Docker engine, and none answers"
+                              + (f" at {os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST") else ""))
         if image_id(target.image) is None:
             hint = "jobkit lab build " + name if target.offline else f"docker build -f containers/{target.dockerfile}"
             raise ConfigError(f"image {target.image} is not built (run: {hint}); nothing is ever pulled")
@@ -193,28 +248,63 @@ class Lab:
             self._reaped = True
         start = time.monotonic()
         hk = host_key()
-        container = _testcontainers()(
-            target.image,
-            env={"JOBKIT_HOST_KEY": hk.private_openssh, "JOBKIT_AUTHORIZED_KEY": self.key.public},
-            labels={LABEL: "1", f"{LABEL}.session": self.session, f"{LABEL}.pid": str(os.getpid()),
-                    f"{LABEL}.boot": _boot_id(), f"{LABEL}.target": name,
-                    f"{LABEL}.keep": "1" if keep else "0"},
-            cap_add=["SYS_ADMIN"],  # lets fault injectors mount a small tmpfs (full disk)
-        )
-        container.ports = {"22/tcp": ("127.0.0.1",)}  # published on 127.0.0.1 only
-        container.start()
+        key, labels = self.key, {LABEL: "1", f"{LABEL}.session": self.session, **Owner.current().labels(LABEL),
+                                 f"{LABEL}.target": name, f"{LABEL}.keep": "1" if keep else "0"}
+        keydir: Path | None = None
+        if keep:  # its key outlives this session: it lives in a directory that goes with the container
+            keydir = create_kept_dir(f"{name}-{self.session}")
+            labels[f"{LABEL}.keydir"] = keydir.name
+        container = None
         try:
+            if keydir is not None:
+                key = client_key(keydir)
+            container = _testcontainers()(
+                target.image,
+                env={"JOBKIT_HOST_KEY": hk.private_openssh, "JOBKIT_AUTHORIZED_KEY": key.public},
+                labels=labels,
+                cap_add=["SYS_ADMIN"],  # lets fault injectors mount a small tmpfs (full disk)
+            )
+            container.ports = {"22/tcp": ("127.0.0.1",)}  # published on 127.0.0.1 only
+            container.start()
             port = int(container.get_exposed_port(22))
             spec = HostSpec(name=name, address="127.0.0.1", port=port, user="jobkit",
-                            private_key=self.key.path, known_host_key=hk.public,
+                            private_key=key.path, known_host_key=hk.public,
                             labels={"target": name, "image": target.image})
             report = _ready(spec, time.monotonic() + READY_TIMEOUT)
         except BaseException as exc:
-            logs = b"".join(container.get_logs()).decode("utf-8", "replace")
-            with contextlib.suppress(Exception):
-                container.stop()
+            logs = ""
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    logs = b"".join(container.get_logs()).decode("utf-8", "replace")
+                with contextlib.suppress(Exception):
+                    container.stop()
+            if keydir is not None:
+                remove_workdir(keydir)
+            if not isinstance(exc, Exception):
+                raise  # interrupted: as it is
             raise JobkitError(f"lab target {name} did not become ready: {exc}", host=name, stderr=logs) from exc
         return LabHost(name, spec, report, time.monotonic() - start, container=container)
+
+
+def _end_session(workdir: Path, own: bool) -> None:
+    """Stop what the session started in its work directory; remove the directory if it is the
+    session's own."""
+    if own:
+        remove_workdir(workdir)
+    else:
+        stop_processes(workdir)
+
+
+#: the longest tmux socket path under a local target's HOME with the default base directories
+_SOCKET_TAIL = "/.jobkit-conformance/tmux.sock"
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
+
+
+def _check_socket_room(home: Path) -> None:
+    path = f"{home}{_SOCKET_TAIL}"
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ConfigError(f"the lab's work directory {home.parent} is too deep for tmux: a socket path such as "
+                          f"{path} exceeds {_SUN_PATH_MAX} bytes; set JOBKIT_CACHE_DIR to a shorter directory")
 
 
 def _ready(spec: HostSpec, deadline: float) -> DeployReport:

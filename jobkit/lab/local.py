@@ -7,7 +7,9 @@ Several channels per connection are fine. A client cannot tell it from sshd, so 
 the conformance suite use it exactly like a Docker target, on machines without Docker.
 
 Commands run as the current user with ``HOME`` set to a private directory of the session, so
-the wrapper's default ``~/.jobkit`` never touches the real home.
+the wrapper's default ``~/.jobkit`` never touches the real home. When the target stops, the tmux
+servers and processes started in that HOME are stopped; a target made without a ``workdir``
+gets a private one under the cache dir (:func:`jobkit.lab.session.create_workdir`), removed then.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import contextlib
 import functools
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ import asyncssh
 
 from jobkit.hosts import HostSpec
 from jobkit.lab.keys import ClientKey, HostKey, client_key, host_key
+from jobkit.lab.session import create_workdir, remove_workdir, stop_processes
 
 _SESSION_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
                     signal.SIGUSR1, signal.SIGUSR2)
@@ -83,11 +85,16 @@ class LocalTarget:
     def __init__(self, workdir: Path | None = None, *, user: str | None = None,
                  base_dir: str | None = None, name: str = "local") -> None:
         self._own_tmp = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jobkit-local-"))
+        self.workdir = workdir or create_workdir("local")
         self.home = self.workdir / "home"
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.client: ClientKey = client_key(self.workdir / "keys")
+        except BaseException:
+            if self._own_tmp:
+                remove_workdir(self.workdir)
+            raise
         self.user = user or _current_user()
-        self.client: ClientKey = client_key(self.workdir / "keys")
         self.hostkey: HostKey = host_key()
         self.name = name
         self._base_dir = base_dir
@@ -232,10 +239,9 @@ class LocalTarget:
         for pid in list(self._children):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        if self._own_tmp:
-            import shutil
-
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        # what the session left running: tmux servers (kept up by exit-empty off) and their jobs
+        await asyncio.to_thread(remove_workdir if self._own_tmp else stop_processes,
+                                self.workdir if self._own_tmp else self.home)
 
     async def __aenter__(self) -> LocalTarget:
         await self.start()
@@ -253,13 +259,16 @@ class LocalTarget:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                ready.set_result(loop.run_until_complete(self.start()))
-            except BaseException as exc:
-                ready.set_exception(exc)
-                return
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
+                try:
+                    ready.set_result(loop.run_until_complete(self.start()))
+                except BaseException as exc:
+                    ready.set_exception(exc)
+                else:
+                    loop.run_forever()
+            finally:
+                loop.run_until_complete(self.stop())
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
 
         self._thread = threading.Thread(target=main, name="jobkit-local-ssh", daemon=True)
         self._thread.start()
@@ -293,8 +302,10 @@ class LocalTarget:
             event.set()
 
     def stop_in_thread(self) -> None:
+        self.resume()  # a paused loop could not stop
         if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            with contextlib.suppress(RuntimeError):  # the loop already ended (a failed start)
+                self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
             self._loop = None
 
