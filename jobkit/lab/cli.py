@@ -1,22 +1,27 @@
-"""``jobkit lab``: build the offline images, bring targets up and down, list them."""
+"""``jobkit lab``: build the offline images, bring targets up and down, list them.
+
+``lab up TARGET`` keeps the container it starts (label ``jobkit.lab.keep=1``, a key of its own
+under the cache dir) and prints its id; ``lab down`` removes kept containers (all, a target's, or
+the ones named by id) and containers whose owning session is gone, never a container a running
+lab session is using.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
+import socket
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
-from jobkit.lab.build import HASH_LABEL, build, cache_dir, image_label
+from jobkit.errors import ConfigError, JobkitError
+from jobkit.lab.build import HASH_LABEL, build, image_label
+from jobkit.lab.session import kept_root, reap_kept_dirs, remove_workdir
 from jobkit.lab.targets import load_manifest, offline_targets
 
-
-def _state_dir() -> Path:
-    d = cache_dir() / "lab-up"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+LABEL = "jobkit.lab"
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -27,67 +32,166 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_a_stop_signal() -> None:
+    """Block until SIGINT/SIGTERM/SIGHUP (turned into KeyboardInterrupt by :mod:`jobkit.cli`),
+    whichever thread the kernel hands the signal to: Python's handler wakes this fd."""
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    previous = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    try:
+        while True:
+            r.recv(64)
+    finally:
+        signal.set_wakeup_fd(previous)
+        r.close()
+        w.close()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from jobkit.lab import Lab
 
-    lab = Lab(workdir=_state_dir() / f"{args.target}-{int(time.time())}")
-    if args.target == "local":
-        host = lab.start("local")
-        print(host.ssh_command())
-        print("local target running in this process; Ctrl-C stops it", file=sys.stderr)
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        finally:
-            lab.close()
-        return 0
-    host = lab.start(args.target, keep=True)
+    with Lab() as lab:
+        if args.target == "local":
+            host = lab.start("local")
+            print(host.ssh_command(), flush=True)
+            print("local target running in this process; Ctrl-C (or SIGTERM) stops it and removes its files",
+                  file=sys.stderr, flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                _wait_for_a_stop_signal()
+            return 0
+        host = lab.start(args.target, keep=True)
+    short = (host.container_id or "")[:12]
     record = {"target": args.target, "container": host.container_id, "port": host.spec.port,
               "key": str(host.spec.private_key), "host_key": host.spec.known_host_key,
               "ssh": host.ssh_command()}
-    (_state_dir() / f"{args.target}.json").write_text(json.dumps(record, indent=2))
-    print(host.ssh_command())
-    print(f"ready in {host.ready_seconds:.2f}s; stop with: jobkit lab down {args.target}", file=sys.stderr)
+    (host.spec.private_key.parent / "container.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(record) if args.json else host.ssh_command())
+    print(f"container {short} ({args.target}) ready in {host.ready_seconds:.2f}s; "
+          f"stop it with: jobkit lab down {short}", file=sys.stderr)
     return 0
 
 
-def _lab_containers() -> list[object]:
-    import docker
+def _docker() -> Any:
+    from jobkit.lab import docker_client
 
-    return list(docker.from_env(timeout=10).containers.list(all=True, filters={"label": "jobkit.lab=1"}))
+    try:
+        return docker_client()
+    except Exception as exc:
+        raise JobkitError(f"no Docker engine answers: {exc}") from exc
+
+
+def _lab_containers(client: Any) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+
+
+def _owner_gone(labels: dict[str, str]) -> bool:
+    from jobkit.lab import owner_of
+
+    return not owner_of(labels).alive()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    removed = 0
-    for c in _lab_containers():
-        labels = getattr(c, "labels", {}) or {}
-        if args.targets and labels.get("jobkit.lab.target") not in args.targets:
+    client = _docker()
+    try:
+        return _down(client, args)
+    finally:
+        client.close()
+
+
+def _down(client: Any, args: argparse.Namespace) -> int:
+    containers = _lab_containers(client)
+    known = set(load_manifest())
+    chosen: dict[str, Any] = {}  # id -> container
+    refused: list[str] = []
+    by_target = [a for a in args.targets if a in known]
+    for arg in args.targets:
+        if arg == "local":
+            raise ConfigError("the local target has no container: it stops with the `jobkit lab up local` "
+                              "process (Ctrl-C)")
+        if arg in known:
             continue
-        c.remove(force=True)  # type: ignore[attr-defined]
-        (_state_dir() / f"{labels.get('jobkit.lab.target')}.json").unlink(missing_ok=True)
+        matches = [c for c in containers if c.id.startswith(arg) or c.name == arg] if len(arg) >= 4 else []
+        if not matches:
+            raise ConfigError(f"no lab target or lab container {arg!r} (targets: {', '.join(sorted(known))}; "
+                              "ids: jobkit lab ls)")
+        if len(matches) > 1:
+            raise ConfigError(f"{arg!r} names {len(matches)} lab containers: give more of the id")
+        c = matches[0]
+        labels = c.labels or {}
+        if labels.get(f"{LABEL}.keep") != "1" and not _owner_gone(labels):
+            refused.append(f"{c.short_id} ({labels.get(f'{LABEL}.target', '?')}, pid {labels.get(f'{LABEL}.pid')})")
+        chosen[c.id] = c
+    if refused:
+        raise ConfigError(f"not removed: {', '.join(refused)} in use by a running lab session "
+                          "(it goes when that session ends)")
+    skipped = 0
+    if by_target or not args.targets:
+        for c in containers:
+            labels = c.labels or {}
+            if by_target and labels.get(f"{LABEL}.target") not in by_target:
+                continue
+            if labels.get(f"{LABEL}.keep") == "1" or _owner_gone(labels):
+                chosen[c.id] = c
+            elif c.id not in chosen:
+                skipped += 1
+    removed = 0
+    for c in chosen.values():
+        labels = c.labels or {}
+        try:
+            c.remove(force=True)
+        except Exception as exc:
+            if "No such container" not in str(exc):  # already gone: fine
+                raise JobkitError(f"could not remove lab container {c.short_id}: {exc}") from exc
         removed += 1
-    print(f"removed {removed} lab container(s)")
+        keydir = labels.get(f"{LABEL}.keydir", "")
+        if keydir and "/" not in keydir and keydir not in (".", ".."):
+            remove_workdir(kept_root() / keydir)
+        print(f"removed {c.short_id} ({labels.get(f'{LABEL}.target', '?')}, "
+              f"{'kept by lab up' if labels.get(f'{LABEL}.keep') == '1' else 'its session is gone'})")
+    reap_kept_dirs({(c.labels or {}).get(f"{LABEL}.keydir", "") for c in _lab_containers(client)})
+    note = f"; left {skipped} container(s) of running lab sessions alone" if skipped else ""
+    print(f"removed {removed} lab container(s){note}")
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    client: Any = None
+    with contextlib.suppress(JobkitError):
+        client = _docker()
+    try:
+        return _ls(client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _ls(client: Any) -> int:
     rows = []
     for name, t in load_manifest().items():
-        digest = image_label(t.image, HASH_LABEL) if t.offline else None
-        state = "built" if digest else ("not built" if t.offline else "needs a registry")
+        digest = image_label(t.image, HASH_LABEL) if t.offline and client is not None else None
+        if client is None:
+            state = "no docker" if t.offline else "needs a registry"
+        else:
+            state = "built" if digest else ("not built" if t.offline else "needs a registry")
         rows.append((name, t.image, state, t.description))
     print(f"{'TARGET':<16} {'IMAGE':<28} {'IMAGE STATE':<17} DESCRIPTION")
     print(f"{'local':<16} {'(in-process asyncssh)':<28} {'always':<17} this machine's /bin/sh over real SSH")
     for r in rows:
         print(f"{r[0]:<16} {r[1]:<28} {r[2]:<17} {r[3]}")
-    containers = _lab_containers()
+    if client is None:
+        print("\nno Docker engine answers: only the local target is available", file=sys.stderr)
+        return 0
+    containers = _lab_containers(client)
     if containers:
-        print("\nRUNNING")
+        print(f"\n{'RUNNING':<16} {'ID':<12} {'STATUS':<9} {'ADDRESS':<16} OWNER")
         for c in containers:
-            labels = getattr(c, "labels", {}) or {}
-            ports = (getattr(c, "ports", {}) or {}).get("22/tcp") or [{}]
-            print(f"{labels.get('jobkit.lab.target', '?'):<16} {getattr(c, 'short_id', '?'):<12} "
-                  f"{getattr(c, 'status', '?'):<9} 127.0.0.1:{ports[0].get('HostPort', '?'):<6} "
-                  f"{'kept (lab up)' if labels.get('jobkit.lab.keep') == '1' else 'session'}")
+            labels = c.labels or {}
+            ports = (c.ports or {}).get("22/tcp") or [{}]
+            owner = ("kept (lab up)" if labels.get(f"{LABEL}.keep") == "1"
+                     else "session gone (lab down removes it)" if _owner_gone(labels)
+                     else f"session, pid {labels.get(f'{LABEL}.pid', '?')}")
+            print(f"{labels.get(f'{LABEL}.target', '?'):<16} {c.short_id:<12} {c.status:<9} "
+                  f"{'127.0.0.1:' + str(ports[0].get('HostPort', '?')):<16} {owner}")
     return 0
 
 
@@ -98,12 +202,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("targets", nargs="*", metavar="TARGET")
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     p.set_defaults(handler=cmd_build)
-    p = lsub.add_parser("up", help="start a target and print an ssh command line for it")
+    p = lsub.add_parser("up", help="start a target, keep it, print an ssh command line for it (and its id)")
     p.add_argument("target", metavar="TARGET")
+    p.add_argument("--json", action="store_true", help="print the container's record (id, port, key, ssh) as JSON")
     p.set_defaults(handler=cmd_up)
-    p = lsub.add_parser("down", help="remove lab containers (all, or of the given targets)")
-    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p = lsub.add_parser("down", help="remove containers `lab up` kept and those of sessions that are gone "
+                                     "(all, a target's, or by id); never a running session's")
+    p.add_argument("targets", nargs="*", metavar="TARGET|ID")
     p.set_defaults(handler=cmd_down)
-    p = lsub.add_parser("ls", help="list targets, image state and running lab containers")
+    p = lsub.add_parser("ls", help="list targets, image state and lab containers")
     p.set_defaults(handler=cmd_ls)
-
