@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from jobkit import wrapper_dir
 from jobkit.conformance.clauses import CLAUSES
 from jobkit.conformance.report import failed_must, terminal, write_all
 from jobkit.conformance.runner import DEFAULT_BASE, PASS, Result, TargetSpec, run_all
-from jobkit.errors import ConfigError
+from jobkit.errors import ConfigError, JobkitError
 from jobkit.hosts import HostSpec
+from jobkit.userinput import host_key_from_known_hosts, positive_int, private_key, ssh_url, text_file, writable_dir
 
 LABELS = {"busybox": "busybox (BusyBox userland, Alpine role)"}
 
@@ -26,61 +26,65 @@ def default_targets() -> list[str]:
     return ["local", *offline_targets()] if docker_available() else ["local"]
 
 
-def _ssh_target(url: str, key: str | None, known_hosts: str | None) -> HostSpec:
-    u = urlparse(url)
-    if not u.hostname or not u.username:
-        raise ConfigError(f"real hosts look like ssh://user@host[:port], not {url!r}")
+def ssh_target(url: str, key: str | None, known_hosts: str | None) -> HostSpec:
+    """A real host given as ``ssh://user@host[:port]``, with its key and pinned host key checked."""
+    user, address, port = ssh_url(url)
     if not key or not known_hosts:
         raise ConfigError("a real host needs --key and --known-hosts (its host key is pinned, never trusted blindly)")
-    lines = [ln.split(None, 1)[1] for ln in Path(known_hosts).read_text().splitlines()
-             if len(ln.split()) >= 3 and not ln.startswith("#")]
-    if not lines:
-        raise ConfigError(f"no host key in {known_hosts}")
-    return HostSpec(url, u.hostname, u.port or 22, u.username, Path(key).expanduser(), lines[0].strip())
+    return HostSpec(url, address, port, user, private_key(key), host_key_from_known_hosts(known_hosts, address, port))
 
 
 def main_conformance(args: argparse.Namespace) -> int:
-    from jobkit.lab import Lab
+    from jobkit.lab import Lab, docker_available
     from jobkit.lab.build import HASH_LABEL, build, image_label
     from jobkit.lab.targets import load_manifest
     from jobkit.transport_ssh import SSHTransport
 
-    names = [t for raw in (args.target or []) for t in raw.split(",") if t] or default_targets()
-    wrapper = Path(args.wrapper or wrapper_dir() / "job_wrapper.sh")
-    schema = Path(args.schema or wrapper_dir() / "server_schema.sql")
-    for p in (wrapper, schema):
-        if not p.is_file():
-            raise ConfigError(f"{p} does not exist")
+    # Everything the user gave is checked before anything starts (a lab, a build, a run).
+    names = list(dict.fromkeys(t.strip() for raw in (args.target or []) for t in raw.split(",") if t.strip()))
+    names = names or default_targets()
+    wrapper = text_file(args.wrapper or str(wrapper_dir() / "job_wrapper.sh"), "wrapper")
+    schema = text_file(args.schema or str(wrapper_dir() / "server_schema.sql"), "schema")
     unknown = [c for c in (args.clause or []) if c not in {c.id for c in CLAUSES}]
     if unknown:
         raise ConfigError(f"unknown clause(s) {', '.join(unknown)}")
     manifest = load_manifest()
-    lab = Lab()
+    real: dict[str, HostSpec] = {}
+    for name in names:
+        if name.startswith("ssh://"):
+            real[name] = ssh_target(name, args.key, args.known_hosts)
+        elif name != "local" and name not in manifest:
+            raise ConfigError(f"unknown target {name!r}; lab targets: local, {', '.join(manifest)}")
+        elif name != "local" and not manifest[name].offline and not image_label(manifest[name].image, HASH_LABEL):
+            raise ConfigError(f"target {name} needs an image registry to build ({manifest[name].dockerfile}); "
+                              "build it where one is reachable, or choose an offline target")
+    containers = [n for n in names if n != "local" and n not in real]
+    if containers and not docker_available():
+        raise ConfigError(f"target(s) {', '.join(containers)} need a Docker engine, and none answers")
+    report_dir = writable_dir(args.report_dir, "--report-dir")
+
     targets: list[TargetSpec] = []
-    try:
+    with Lab() as lab:
         for name in names:
-            if name.startswith("ssh://"):
-                spec = _ssh_target(name, args.key, args.known_hosts)
-                targets.append(TargetSpec(name, SSHTransport(spec), None, name))
+            if name in real:
+                targets.append(TargetSpec(name, SSHTransport(real[name]), None, name))
                 continue
-            if name != "local":
-                if name not in manifest:
-                    raise ConfigError(f"unknown target {name!r}; lab targets: local, {', '.join(manifest)}")
-                if not image_label(manifest[name].image, HASH_LABEL):
-                    print(f"conformance: building {name} first (offline, cached afterwards)", file=sys.stderr)
-                    build(name)
+            if name != "local" and not image_label(manifest[name].image, HASH_LABEL):
+                print(f"conformance: building {name} first (offline, cached afterwards)", file=sys.stderr)
+                build(name)
             host = lab.start(name, fresh=name != "local")
             targets.append(TargetSpec(name, SSHTransport(host.spec), host, LABELS.get(name, name)))
         labels = {t.name: t.label or t.name for t in targets}
         started = time.monotonic()
         results = asyncio.run(_run(args, targets, wrapper, schema))
         seconds = time.monotonic() - started
-    finally:
-        lab.close()
     meta: dict[str, Any] = {"wrapper": str(wrapper), "schema": str(schema), "base_dir": args.base_dir or DEFAULT_BASE,
                             "targets": [labels[t.name] for t in targets], "seconds": round(seconds, 1)}
     print(terminal(results, labels))
-    paths = write_all(results, Path(args.report_dir), meta, labels)
+    try:
+        paths = write_all(results, report_dir, meta, labels)
+    except OSError as exc:
+        raise JobkitError(f"the run is over but its reports could not be written to {report_dir}: {exc}") from exc
     print(f"\n{len(results)} clause results on {len(targets)} target(s) in {seconds:.0f}s; reports: "
           + ", ".join(str(p) for p in paths))
     bad = failed_must(results)
@@ -132,5 +136,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--key", help="private key for ssh:// targets")
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
-    p.add_argument("--parallel", type=int, default=2, help="targets checked at once (default 2)")
+    p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
     p.set_defaults(handler=main_conformance)
