@@ -228,3 +228,29 @@ def test_a_conformance_run_sent_sigterm_mid_run_leaves_nothing_behind(short_tmp:
             proc.kill()
             proc.wait()
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_lab_up_local_stopped_by_a_signal_leaves_nothing_behind(sig: signal.Signals, short_tmp: Path) -> None:
+    cache, tmp = short_tmp / "c", short_tmp / "t"
+    tmp.mkdir()
+    env = dict(os.environ, JOBKIT_CACHE_DIR=str(cache), TMPDIR=str(tmp))
+    proc = subprocess.Popen([str(JOBKIT), "lab", "up", "local"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        ssh = proc.stdout.readline().split()  # the printed command line: the target is up
+        assert ssh, proc.communicate(timeout=30)
+        r = subprocess.run([*ssh, TMUX_JOB], capture_output=True, text=True, timeout=30, check=False)
+        assert r.returncode == 0, r.stderr
+        assert tmux_server_running(cache)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert_nothing_left(tmp, cache / "lab")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
