@@ -178,6 +178,13 @@ def host_key_from_known_hosts(path_text: str, host: str, port: int) -> str:
     lines = [" ".join(k.export_public_key().decode().split()[:2]) for k in keys if k.public_data not in revoked_data]
     where = host if port == 22 else f"[{host}]:{port}"
     if not lines:
+        try:
+            asyncssh.import_public_key(text.strip())
+        except (asyncssh.KeyImportError, ValueError, TypeError):
+            pass
+        else:
+            raise ConfigError(f"{path} holds a bare public key, not known_hosts lines ('HOST KEYTYPE KEY'): "
+                              "give it with --known-host-key, or use a known_hosts file")
         raise ConfigError(f"no host key for {where} in {path} (get it with: ssh-keyscan -p {port} {host}, "
                           "and check it)")
     lines.sort(key=lambda ln: _KEY_PREFERENCE.index(ln.split()[0]) if ln.split()[0] in _KEY_PREFERENCE

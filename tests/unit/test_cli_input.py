@@ -129,6 +129,7 @@ def hashed(host: str) -> str:
     ("h.example {key}\n", "no host key for [h.example]:2222"),  # port 22 only
     ("# nothing\n\n", "no host key for [h.example]:2222"),
     ("@revoked [h.example]:2222 {key}\n", "no host key for [h.example]:2222"),
+    ("{key} comment\n", "holds a bare public key, not known_hosts lines"),
 ])
 def test_hosts_add_checks_the_known_hosts_file(content: str | bytes | None, says: str, home: Path,
                                                keys: dict[str, Path], tmp_path: Path,
