@@ -23,6 +23,8 @@ class HostSpec:
     known_host_key: str | None
     base_dir: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    scheduler: str = "tmux"  # the backend that runs its jobs (jobkit.backends)
+    partition: str | None = None  # a batch scheduler's default partition
 
     @property
     def display(self) -> str:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobkit.merge import merge
+from jobkit.backends import Backend, TmuxBackend, backend_for
 from jobkit.models import Evidence, JobStatus, Verdict
-from jobkit.probe import JobQuery, probe
+from jobkit.probe import JobQuery
 from jobkit.store import ACTIVE, AsyncStore, JobRecord, Update
 from jobkit.transport import Transport
 
@@ -34,7 +34,9 @@ class HostReport:
 
 
 async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, base_dir: str | None = None,
-                         all_jobs: bool = False, grace: float = 30.0, timeout: float = 5.0) -> HostReport:
+                         all_jobs: bool = False, grace: float = 30.0, timeout: float = 5.0,
+                         backend: Backend | None = None) -> HostReport:
+    backend = backend or TmuxBackend()
     start = time.monotonic()
     known: list[JobRecord] = await store.call(store.sync.jobs, host, False)
     known_ids = {j.id for j in known}
@@ -46,14 +48,14 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
     queries = [JobQuery(j.id, j.pid, j.proc_start,
                         fence=j.status is JobStatus.QUEUED and j.submitted_at is not None
                         and wall - j.submitted_at > grace) for j in jobs]
-    result = await probe(transport, queries, base_dir, timeout)
+    result = await backend.probe(transport, queries, base_dir, timeout=timeout)
     report.reachable, report.error = result.host.reachable, result.host.error
     updates: list[Update] = []
     for job in jobs:
         ev = result.evidence.get(job.id)
         if ev is None:  # host unreachable: merge says unavailable
             ev = Evidence(job.id, result.host)
-        verdict = merge(ev, job.known(), grace=grace)
+        verdict = backend.merge(ev, job.known(), grace=grace)
         facts: dict[str, Any] = {}
         if ev.file is not None and ev.file.state == "ok":
             facts = {"pid": ev.file.pid, "proc_start": ev.file.proc_start, "boot_id": ev.file.boot_id,
@@ -100,7 +102,8 @@ class ReconcileService:
         async with self._tick_lock:
             hosts = await self.store.call(self.store.sync.hosts)
             reports = await asyncio.gather(*(
-                reconcile_host(self.transport_for(h.name), self.store, h.name, base_dir=h.base_dir, grace=self.grace)
+                reconcile_host(self.transport_for(h.name), self.store, h.name, base_dir=h.base_dir, grace=self.grace,
+                               backend=backend_for(h.scheduler))
                 for h in hosts))
             self.ticks += 1
             self.last = list(reports)

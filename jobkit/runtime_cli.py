@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobkit.backends import backend_for
 from jobkit.deploy import deploy
 from jobkit.errors import ConfigError, HostUnreachable, OutcomeUnknown, RemoteTimeout
 from jobkit.hosts import HostSpec
@@ -104,7 +105,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             if not args.no_deploy:
                 await deploy(t, spec.base_dir)
-            s = await submit(t, store, spec.name, argv, job_id=args.id, base_dir=spec.base_dir)
+            s = await submit(t, store, spec.name, argv, job_id=args.id, base_dir=spec.base_dir,
+                             backend=backend_for(spec.scheduler))
             return s.job_id
         finally:
             await t.close()
@@ -141,7 +143,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             t = SSHTransport(spec)
             try:
                 return await reconcile_host(t, store, spec.name, base_dir=spec.base_dir, all_jobs=args.all,
-                                            timeout=args.timeout)
+                                            timeout=args.timeout, backend=backend_for(spec.scheduler))
             finally:
                 await t.close()
 
@@ -189,7 +191,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     async def go() -> str:
         t = SSHTransport(spec)
         try:
-            return await cancel(t, job.id, spec.base_dir)
+            return await cancel(t, job.id, spec.base_dir, backend=backend_for(spec.scheduler))
         finally:
             await t.close()
 

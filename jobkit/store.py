@@ -74,6 +74,11 @@ MIGRATIONS: list[list[str]] = [
            WHEN OLD.status = 'running' AND NEW.status = 'queued'
            BEGIN SELECT RAISE(ABORT, 'jobkit: a running job never goes back to queued'); END""",
     ],
+    # 4: a host says which backend runs its jobs (tmux, or a batch scheduler) and its partition
+    [
+        "ALTER TABLE hosts ADD COLUMN scheduler TEXT NOT NULL DEFAULT 'tmux'",
+        "ALTER TABLE hosts ADD COLUMN partition TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ACTIVE = ("queued", "running", "lost")
@@ -102,6 +107,9 @@ class JobRecord:
     token: str | None = None
     started_at: float | None = None
     wrapper_gone_at: float | None = None
+    name: str | None = None
+    work_dir: str | None = None
+    scheduler_job_id: str | None = None
 
     def known(self) -> Known:
         return Known(self.status, self.exit_code, self.submitted_at, self.last_alive_at, self.boot_id, self.token,
@@ -156,25 +164,27 @@ class Store:
     def add_host(self, spec: HostSpec) -> None:
         with self._tx():
             self._db.execute(
-                "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO hosts (name, address, port, user, private_key, known_host_key, base_dir, scheduler, "
+                "partition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "address=excluded.address, port=excluded.port, user=excluded.user, private_key=excluded.private_key, "
-                "known_host_key=excluded.known_host_key, base_dir=excluded.base_dir",
+                "known_host_key=excluded.known_host_key, base_dir=excluded.base_dir, scheduler=excluded.scheduler, "
+                "partition=excluded.partition",
                 (spec.name, spec.address, spec.port, spec.user, str(spec.private_key), spec.known_host_key,
-                 spec.base_dir))
+                 spec.base_dir, spec.scheduler, spec.partition))
 
     def host(self, name: str) -> HostSpec:
         row = self._db.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise ConfigError(f"unknown host {name!r} (add it with: jobkit hosts add)")
         return HostSpec(row["name"], row["address"], row["port"], row["user"], Path(row["private_key"]),
-                        row["known_host_key"], row["base_dir"])
+                        row["known_host_key"], row["base_dir"], scheduler=row["scheduler"], partition=row["partition"])
 
     def hosts(self) -> list[HostSpec]:
         return [self.host(r[0]) for r in self._db.execute("SELECT name FROM hosts ORDER BY name")]
 
     # --- jobs -------------------------------------------------------------------------------
     def add_job(self, job_id: str, host: str, command: list[str], now: float | None = None,
-                token: str | None = None) -> None:
+                token: str | None = None, name: str | None = None, work_dir: str | None = None) -> None:
         now = now or time.time()
         self.host(host)
         with self._tx():
@@ -182,8 +192,9 @@ class Store:
                 raise ConfigError(f"job id {job_id!r} already exists in the store")
             self._db.execute(
                 "INSERT INTO jobs (id, host, command, status, status_source, reason, created_at, submitted_at, "
-                "updated_at, token) VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?, ?)",
-                (job_id, host, json.dumps(command), now, now, now, token))
+                "updated_at, token, name, work_dir) "
+                "VALUES (?, ?, ?, 'queued', 'client', 'submitted', ?, ?, ?, ?, ?, ?)",
+                (job_id, host, json.dumps(command), now, now, now, token, name, work_dir))
             self._history(job_id, "queued", now, "client", "submitted", None, 0, now)
 
     def forget_unlaunched(self, job_id: str, token: str | None) -> bool:
@@ -358,7 +369,8 @@ def _record(r: sqlite3.Row) -> JobRecord:
     return JobRecord(r["id"], r["host"], json.loads(r["command"]), JobStatus(r["status"]), r["status_source"],
                      r["reason"], bool(r["stale"]), bool(r["conflict"]), r["exit_code"], r["signal"],
                      r["created_at"], r["submitted_at"], r["completed_at"], r["pid"], r["proc_start"], r["boot_id"],
-                     r["last_alive_at"], r["version"], r["token"], r["started_at"], r["wrapper_gone_at"])
+                     r["last_alive_at"], r["version"], r["token"], r["started_at"], r["wrapper_gone_at"], r["name"],
+                     r["work_dir"], r["scheduler_job_id"])
 
 
 class AsyncStore:

@@ -194,3 +194,50 @@ async def test_sessions_are_targeted_exactly(host: LabHost, store: AsyncStore, t
     await wait_until(short_gone)
     assert long_job in await sessions()
     await cancel(transport, long_job)
+
+
+async def test_a_retried_launch_of_the_same_submission_never_starts_the_job_twice(
+        host: LabHost, transport: SSHTransport) -> None:
+    from jobkit.backends import LaunchRequest, LaunchState, TmuxBackend
+
+    job = jid("retry")
+    count = f"$HOME/.jobkit/count-{job}"
+    req = LaunchRequest(job, ["sh", "-c", f'echo ran >>"{count}"; sleep 30'], None, "0a1b2c3d4e5f6a7b")
+    backend = TmuxBackend()
+    assert (await backend.launch(transport, req, timeout=10)).state is LaunchState.LAUNCHED
+    again = await backend.launch(transport, req, timeout=10)  # the client timed out and retries
+    assert again.state is LaunchState.ALREADY
+    await wait_until(lambda: _has_state(transport, job))
+    other = LaunchRequest(job, ["true"], None, "ffffffffffffffff")  # another submission, same id
+    assert (await backend.launch(transport, other, timeout=10)).state is LaunchState.ID_USED
+    assert (await transport.run(f'cat "{count}"')).stdout == "ran\n"
+    await cancel(transport, job)
+
+
+async def test_a_job_runs_in_the_directory_it_was_given(host: LabHost, store: AsyncStore,
+                                                        transport: SSHTransport) -> None:
+    from jobkit.errors import LaunchFailed
+
+    await transport.run(f"mkdir -p {B}/work-dir", check=True)
+    job = (await submit(transport, store, host.target, ["sh", "-c", "pwd >here"], job_id=jid("cwd"),
+                        cwd="~/.jobkit/work-dir", name="in a dir")).job_id
+    await wait_until(lambda: final_on_host(transport, job))
+    assert (await transport.run(f"cat {B}/work-dir/here", check=True)).stdout.strip().endswith("/.jobkit/work-dir")
+    rec = store.sync.job(job)
+    assert (rec.name, rec.work_dir) == ("in a dir", "~/.jobkit/work-dir")
+    missing = jid("nocwd")
+    with pytest.raises(LaunchFailed, match="no directory"):
+        await submit(transport, store, host.target, ["true"], job_id=missing, cwd="~/no-such-dir-here")
+    assert store.sync.job(missing).status is JobStatus.FAILED
+    row = await transport.run(f"sqlite3 {B}/server.db \"SELECT count(*) FROM jobs WHERE id = '{missing}'\"")
+    assert row.stdout.strip() == "0"  # nothing left on the host
+
+
+async def test_a_host_without_its_database_refuses_the_launch_and_creates_none(
+        host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    from jobkit.errors import LaunchFailed
+
+    base = f"~/.jobkit-nodb-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(LaunchFailed, match="no .*server.db"):
+        await submit(transport, store, host.target, ["true"], job_id=jid("nodb"), base_dir=base)
+    assert (await transport.run(f"test -e \"$HOME/{base[2:]}/server.db\"")).exit_status != 0

@@ -1,0 +1,21 @@
+"""Backends: one per kind of host (see :mod:`jobkit.backends.base`)."""
+
+from __future__ import annotations
+
+from jobkit.backends.base import Backend, LaunchOutcome, LaunchRequest, LaunchState
+from jobkit.backends.tmux import TmuxBackend
+from jobkit.errors import ConfigError
+
+__all__ = ["SCHEDULERS", "Backend", "LaunchOutcome", "LaunchRequest", "LaunchState", "TmuxBackend", "backend_for"]
+
+#: scheduler name -> backend class
+SCHEDULERS: dict[str, type] = {"tmux": TmuxBackend}
+
+
+def backend_for(scheduler: str | None) -> Backend:
+    """The backend of a host registered with ``scheduler`` (``tmux`` when unset)."""
+    cls = SCHEDULERS.get(scheduler or "tmux")
+    if cls is None:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
+    backend: Backend = cls()
+    return backend
