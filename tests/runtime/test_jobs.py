@@ -238,6 +238,6 @@ async def test_a_host_without_its_database_refuses_the_launch_and_creates_none(
     from jobkit.errors import LaunchFailed
 
     base = f"~/.jobkit-nodb-{uuid.uuid4().hex[:6]}"
-    with pytest.raises(LaunchFailed, match="no .*server.db"):
+    with pytest.raises(LaunchFailed, match=r"no \S*server\.db"):
         await submit(transport, store, host.target, ["true"], job_id=jid("nodb"), base_dir=base)
     assert (await transport.run(f"test -e \"$HOME/{base[2:]}/server.db\"")).exit_status != 0
