@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,14 +52,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _job_row(j: JobRecord) -> list[str]:
     flags = ("stale " if j.stale else "") + ("conflict" if j.conflict else "")
-    return [j.id, j.host, j.status.value, "" if j.exit_code is None else str(j.exit_code), flags.strip(),
-            (j.reason or "")[:70]]
+    return [j.id, (j.name or "")[:24], j.host, j.status.value, "" if j.exit_code is None else str(j.exit_code),
+            flags.strip(), (j.reason or "")[:70]]
 
 
 def _job_json(j: JobRecord) -> dict[str, Any]:
     return {"id": j.id, "host": j.host, "status": j.status.value, "exit_code": j.exit_code, "signal": j.signal,
             "stale": j.stale, "conflict": j.conflict, "source": j.status_source, "reason": j.reason,
-            "command": j.command, "submitted_at": j.submitted_at, "completed_at": j.completed_at}
+            "command": j.command, "submitted_at": j.submitted_at, "completed_at": j.completed_at,
+            "name": j.name, "cwd": j.work_dir}
 
 
 # --- hosts ----------------------------------------------------------------------------------
@@ -97,6 +99,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to run: jobkit submit HOST -- COMMAND [ARGS...]")
     if args.id is not None:
         validate_id(args.id)
+    env = _env_pairs(args.env or [])
+    if args.name is not None and (not args.name.strip() or len(args.name) > 200 or "\n" in args.name):
+        raise ConfigError("--name: a short one-line name (1-200 characters)")
     store = _store()
     spec = store.sync.host(args.host)
 
@@ -106,7 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not args.no_deploy:
                 await deploy(t, spec.base_dir)
             s = await submit(t, store, spec.name, argv, job_id=args.id, base_dir=spec.base_dir,
-                             backend=backend_for(spec.scheduler))
+                             backend=backend_for(spec.scheduler), env=env, cwd=args.cwd, name=args.name)
             return s.job_id
         finally:
             await t.close()
@@ -122,13 +127,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(key):
+            raise ConfigError(f"--env {item!r}: give NAME=VALUE, NAME of letters, digits and _")
+        if key.startswith("JOBKIT_"):
+            raise ConfigError(f"--env {key}: JOBKIT_* variables are the wrapper's own")
+        env[key] = value
+    return env
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = Store(store_path())
     jobs = [store.job(validate_id(j)) for j in args.jobs] if args.jobs else store.jobs()
     if args.json:
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
     else:
-        print(_table([_job_row(j) for j in jobs], ["JOB", "HOST", "STATUS", "EXIT", "FLAGS", "REASON"]))
+        print(_table([_job_row(j) for j in jobs], ["JOB", "NAME", "HOST", "STATUS", "EXIT", "FLAGS", "REASON"]))
     return 0
 
 
@@ -257,6 +277,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("host")
     p.add_argument("--id", help="job id (default: generated); 1-64 of A-Z a-z 0-9 _ -")
     p.add_argument("--no-deploy", action="store_true", help="do not check/install the wrapper first")
+    p.add_argument("--cwd", metavar="DIR", help="the job's working directory on the host (~/ allowed; must exist)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
+    p.add_argument("--name", help="a name for people, shown by jobkit status")
     p.add_argument("--json", action="store_true")
     p.add_argument("job_argv", nargs="*", metavar="COMMAND", help="the command and its arguments, after --")
     p.set_defaults(handler=cmd_submit)

@@ -190,3 +190,27 @@ def test_check_history_finds_nothing_in_real_use_and_every_tampered_transition(
     rc, out, _ = run(capsys, "check-history", "--json")
     found = {(v["job"], v["kind"]) for v in json.loads(out)["violations"]}
     assert (ids[0], "contradicts_host") in found
+
+
+def test_submit_takes_a_directory_variables_and_a_name(local: LabHost, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, local)
+    home = Path(local.spec.labels["home"])
+    (home / "wd").mkdir(exist_ok=True)
+    rc, out, err = run(capsys, "submit", "lab", "--cwd", "~/wd", "--env", "GREETING=hi there", "--env", "N=1",
+                       "--name", "greeter", "--", "sh", "-c", 'echo "$GREETING $N" >out')
+    assert rc == 0, err
+    job = out.strip()
+    deadline = time.monotonic() + 15
+    while not (home / "wd" / "out").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    deadline = time.monotonic() + 15
+    while (home / "wd" / "out").read_text() != "hi there 1\n":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rc, out, _ = run(capsys, "status", job, "--json")
+    assert json.loads(out)[0]["name"] == "greeter"
+    for bad in (["--env", "NOEQUALS"], ["--env", "1X=2"], ["--env", "JOBKIT_BASE_DIR=/x"], ["--name", ""]):
+        rc, _, err = run(capsys, "submit", "lab", *bad, "--", "true")
+        assert rc == 2, bad
+        assert err.startswith("jobkit: error: --")
