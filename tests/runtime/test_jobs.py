@@ -27,8 +27,11 @@ def jid(tag: str) -> str:
 
 
 async def final_on_host(t: SSHTransport, job: str) -> bool:
+    """The final state is written and the wrapper is done with it (its last rewrite adds the
+    database's outcome: a test that changes the file before that would see it come back)."""
     r = await t.run(f"cat {B}/jobs/{job}.status 2>/dev/null")
-    return '"status":"completed"' in r.stdout or '"status":"failed"' in r.stdout
+    final = '"status":"completed"' in r.stdout or '"status":"failed"' in r.stdout
+    return final and '"db":"pending"' not in r.stdout
 
 
 async def state_on_host(t: SSHTransport, job: str) -> dict[str, object]:

@@ -232,13 +232,21 @@ def test_conformance_report_dir_is_checked_before_anything_starts(where: str, ho
     nothing_started(home)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
 def test_conformance_report_dir_read_only(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not writable: mode 0500 for a user; for root (who writes through permission bits, as in CI)
+    a read-only filesystem mounted there."""
+    import subprocess
+
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
+    mounted = os.geteuid() == 0
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "jobkit-ro", str(ro)], check=True)
     try:
         assert "not writable" in usage_error(capsys, "conformance", "--target", "local", "--report-dir", str(ro))
     finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=True)
         ro.chmod(0o700)
     nothing_started(home)
 
