@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from jobkit.backends.base import Backend, LaunchOutcome, LaunchRequest, LaunchState
+from jobkit.backends.base import Backend, FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState
 from jobkit.backends.tmux import TmuxBackend
 from jobkit.errors import ConfigError
 
-__all__ = ["SCHEDULERS", "Backend", "LaunchOutcome", "LaunchRequest", "LaunchState", "TmuxBackend", "backend_for"]
+__all__ = ["SCHEDULERS", "Backend", "FenceOutcome", "LaunchOutcome", "LaunchRequest", "LaunchState",
+           "TmuxBackend", "backend_for"]
 
 #: scheduler name -> backend class
 SCHEDULERS: dict[str, type] = {"tmux": TmuxBackend}

@@ -47,15 +47,49 @@ class LaunchOutcome:
     scheduler_id: str | None = None  # the scheduler's own id for the job, when it has one
 
 
+class FenceOutcome(StrEnum):
+    FENCED = "fenced"  # the id is claimed on the host: the job never started and never will
+    STARTED = "started"  # the job's wrapper claimed it first: the job did start
+
+
 class Backend(Protocol):
-    """One kind of host. Implementations: :class:`jobkit.backends.tmux.TmuxBackend`."""
+    """One kind of host. Implementations: :class:`jobkit.backends.tmux.TmuxBackend`.
+
+    A submit is a saga of steps (:mod:`jobkit.sagas`): ``prepare`` (the host can take the job),
+    ``register`` (the host's record of the job, with the submission's token), ``start``; each is
+    idempotent for one submission (a retried step never does its work twice) and never raises
+    for an outcome it can state (transport errors propagate, carrying whether the command was
+    sent). ``fence`` and ``unregister`` undo a launch that never happened: after ``fence`` says
+    FENCED, the job can never start on that host; ``unregister`` then removes the record
+    ``register`` made (only a record of this submission that is still queued)."""
 
     @property
     def name(self) -> str: ...
 
     async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
-        """Start the job; never raises for an outcome it can state (transport errors propagate,
-        carrying whether the command was sent)."""
+        """``prepare``, ``register`` and ``start`` in one round trip (no saga)."""
+        ...
+
+    async def prepare(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        """LAUNCHED (ready) or FAILED (the host cannot take the job: nothing was done)."""
+        ...
+
+    async def register(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        """LAUNCHED (recorded), ALREADY (this submission had recorded it), ID_USED, FAILED."""
+        ...
+
+    async def start(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        """LAUNCHED, ALREADY (this submission had started it), FAILED (provably not started,
+        and fenced), UNKNOWN."""
+        ...
+
+    async def fence(self, transport: Transport, job_id: str, base_dir: str | None, *,
+                    timeout: float) -> FenceOutcome:
+        """Make sure the job can never start, or learn that it did."""
+        ...
+
+    async def unregister(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> None:
+        """Remove ``register``'s record (this submission's, still queued); idempotent."""
         ...
 
     async def cancel(self, transport: Transport, job_id: str, base_dir: str | None, *, timeout: float) -> str:

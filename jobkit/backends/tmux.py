@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import shlex
 
-from jobkit.backends.base import LaunchOutcome, LaunchRequest, LaunchState
+from jobkit.backends.base import FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState
 from jobkit.errors import JobkitError, RemoteCommandFailed
 from jobkit.ids import validate_id
 from jobkit.merge import merge
 from jobkit.models import Evidence, Known, Verdict
 from jobkit.probe import JobQuery, ProbeResult, probe
 from jobkit.remote import base_dir_word
-from jobkit.transport import Transport
+from jobkit.transport import CommandResult, Transport
 
 
 def tmux_new_session(session: str, line_word: str, options: str = "") -> str:
@@ -38,60 +38,67 @@ LAUNCH_NO_ROW = 68  # the server row could not be inserted: nothing was done
 LAUNCH_NO_SESSION = 69  # tmux failed and the id is now fenced: the job can never start
 
 
-def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict[str, str] | None = None,
-                   token: str | None = None, cwd: str | None = None) -> str:
-    """The remote command that inserts the row and starts the wrapper in tmux, idempotently.
-
-    Its exit status says what happened (``LAUNCH_*``): 0 launched (stdout ``already launched``
-    when this very submission — the same token — had launched it before: a retried submit never
-    starts a job twice); 67 the id is used on the host by someone else (a row with another token,
-    or a claim or state file without a row: checked before anything is written); 68 nothing was
-    started (no row could be inserted, or the working directory is missing); 69 tmux failed and
-    the id was fenced (claimed the way the wrapper claims it, so a session that tmux did start
-    can never run the job) and the row removed; anything else leaves the outcome unknown.
-
-    tmux gets the job as ONE shell-command string run by ``/bin/sh -c`` (set as the server's
-    default-shell): given several arguments, tmux would split them at any argument that is, or
-    ends with, ``;`` (its command separator), so a job argument ``;`` could inject tmux commands.
-    The string never ends with ``;``: every element is shell-quoted.
-    """
+def _head(job_id: str, base_dir: str | None, token: str | None, cwd: str | None = None) -> list[str]:
     validate_id(job_id)
-    if not argv:
-        raise JobkitError("empty command")
     if token is None or not token.isalnum():
         raise JobkitError("a launch needs an alphanumeric token (the submission's)")
-    extra = "".join(" " + shlex.join([f"{k}={v}"]) for k, v in (env or {}).items())
-    static = shlex.join([job_id, *argv])
-    start_dir = " -c \"$cwd\"" if cwd else ""
-    line = (f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \"" + shlex.quote(static))
-    return "\n".join([
+    return [
         f"b={base_dir_word(base_dir)}; id={job_id}; tok={token}" + (f"; cwd={base_dir_word(cwd)}" if cwd else ""),
+        "sql() { sqlite3 -batch -bail -cmd '.timeout 5000' \"$b/server.db\" \"$@\"; }",
+        "claimed() { [ -e \"$b/jobs/$id.wrapper.log\" ] || [ -e \"$b/jobs/$id.status\" ]; }",
+        "fenced() { c=; { read -r c <\"$b/jobs/$id.wrapper.log\"; } 2>/dev/null; "
+        "case $c in 'jobkit-fence '*) return 0 ;; esac; return 1; }",
+        f"used() {{ echo \"jobkit: job id $id already used on this host\" >&2; exit {LAUNCH_ID_USED}; }}",
+        "unrow() { sql \"DELETE FROM jobs WHERE id = '$id' AND token = '$tok' AND status = 'queued'\" "
+        ">/dev/null 2>&1; }",
+    ]
+
+
+def _prepare(cwd: str | None) -> list[str]:
+    """The host can take the job: its directories, its database, the working directory."""
+    return [
         f"mkdir -p \"$b/jobs\" || {{ echo \"jobkit: cannot create $b/jobs\" >&2; exit {LAUNCH_NO_ROW}; }}",
         # sqlite3 would create an empty database where there is none (and the wrapper would then
         # find a database without its table): refuse instead
         f"[ -f \"$b/server.db\" ] || {{ echo \"jobkit: no $b/server.db on this host (deploy first)\" >&2; "
         f"exit {LAUNCH_NO_ROW}; }}",
-        "sql() { sqlite3 -batch -bail -cmd '.timeout 5000' \"$b/server.db\" \"$@\"; }",
-        "claimed() { [ -e \"$b/jobs/$id.wrapper.log\" ] || [ -e \"$b/jobs/$id.status\" ]; }",
-        f"used() {{ echo \"jobkit: job id $id already used on this host\" >&2; exit {LAUNCH_ID_USED}; }}",
+        *([f"[ -d \"$cwd\" ] || {{ unrow; echo \"jobkit: no directory $cwd on this host\" >&2; "
+            f"exit {LAUNCH_NO_ROW}; }}"] if cwd else []),
+    ]
+
+
+def _register() -> list[str]:
+    """The row, with the submission's token; a row of this token already there is fine."""
+    return [
         "have=$(sql \"SELECT coalesce(token, '-') FROM jobs WHERE id = '$id'\" 2>&1) || "
         f"{{ printf 'jobkit: cannot read the server database: %s\\n' \"$have\" >&2; exit {LAUNCH_NO_ROW}; }}",
         "if [ -n \"$have\" ]; then",
         "  [ \"$have\" = \"$tok\" ] || used",
-        "  # this submission's earlier attempt inserted the row: did it start the job too?",
-        "  if claimed || tmux -S \"$b/tmux.sock\" has-session -t \"=$id\" 2>/dev/null; then",
-        "    echo 'already launched'; exit 0",
-        "  fi",
+        "  echo 'already registered'",
         "else",
         "  claimed && used",
         "  out=$(sql \"INSERT INTO jobs (id, status, token) VALUES ('$id', 'queued', '$tok');\" 2>&1) || {",
         "    case $out in *UNIQUE*) used ;; esac",
         f"    printf 'jobkit: cannot insert the row: %s\\n' \"$out\" >&2; exit {LAUNCH_NO_ROW}; }}",
         "fi",
-        "unrow() { sql \"DELETE FROM jobs WHERE id = '$id' AND token = '$tok' AND status = 'queued'\" "
-        ">/dev/null 2>&1; }",
-        *([f"[ -d \"$cwd\" ] || {{ unrow; echo \"jobkit: no directory $cwd on this host\" >&2; "
-            f"exit {LAUNCH_NO_ROW}; }}"] if cwd else []),
+    ]
+
+
+def _start(job_id: str, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> list[str]:
+    """The session, unless this submission started it before (then ``already launched``) or the
+    id is fenced (then it never will: exit 69)."""
+    if not argv:
+        raise JobkitError("empty command")
+    extra = "".join(" " + shlex.join([f"{k}={v}"]) for k, v in (env or {}).items())
+    static = shlex.join([job_id, *argv])
+    start_dir = " -c \"$cwd\"" if cwd else ""
+    line = (f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \"" + shlex.quote(static))
+    return [
+        f"if fenced; then echo \"jobkit: the id $id is fenced on this host: the job never starts\" >&2; "
+        f"exit {LAUNCH_NO_SESSION}; fi",
+        "if claimed || tmux -S \"$b/tmux.sock\" has-session -t \"=$id\" 2>/dev/null; then",
+        "  echo 'already launched'; exit 0",
+        "fi",
         r"""qb=$(printf '%s' "$b" | sed "s/'/'\\''/g")""",
         "if ! out=$(" + tmux_new_session(job_id, line, start_dir) + " 2>&1); then",
         "  # tmux may have started the session before failing: whoever claims the id first decides",
@@ -102,7 +109,41 @@ def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict
         "    printf 'jobkit: tmux failed and the id could not be fenced: %s\\n' \"$out\" >&2; exit 70",
         "  fi",
         "fi",
-    ])
+    ]
+
+
+def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict[str, str] | None = None,
+                   token: str | None = None, cwd: str | None = None) -> str:
+    """The remote command that prepares the host, inserts the row and starts the wrapper in tmux
+    (the three steps of a submit in one round trip), idempotently.
+
+    Its exit status says what happened (``LAUNCH_*``): 0 launched (stdout ``already launched``
+    when this very submission — the same token — had launched it before: a retried submit never
+    starts a job twice); 67 the id is used on the host by someone else (a row with another token,
+    or a claim or state file without a row: checked before anything is written); 68 nothing was
+    started (no row could be inserted, or the working directory is missing); 69 the job can
+    never start: tmux failed and the id was fenced (claimed the way the wrapper claims it, so a
+    session that tmux did start can never run the job) and the row removed, or the id was fenced
+    already; anything else leaves the outcome unknown.
+
+    tmux gets the job as ONE shell-command string run by ``/bin/sh -c`` (set as the server's
+    default-shell): given several arguments, tmux would split them at any argument that is, or
+    ends with, ``;`` (its command separator), so a job argument ``;`` could inject tmux commands.
+    The string never ends with ``;``: every element is shell-quoted.
+    """
+    return "\n".join([*_head(job_id, base_dir, token, cwd), *_prepare(cwd), *_register(),
+                      *_start(job_id, argv, env, cwd)])
+
+
+def _outcome(r: CommandResult, already: str = "already launched") -> LaunchOutcome:
+    why = (r.stderr.strip().splitlines() or [""])[-1]
+    if r.exit_status == 0:
+        return LaunchOutcome(LaunchState.ALREADY if already in r.stdout else LaunchState.LAUNCHED)
+    if r.exit_status == LAUNCH_ID_USED:
+        return LaunchOutcome(LaunchState.ID_USED, why)
+    if r.exit_status in (LAUNCH_NO_ROW, LAUNCH_NO_SESSION):
+        return LaunchOutcome(LaunchState.FAILED, why or "launch failed")
+    return LaunchOutcome(LaunchState.UNKNOWN, f"the launch ended with exit {r.exit_status}: {why}")
 
 
 async def cancel(transport: Transport, job_id: str, base_dir: str | None = None, timeout: float = 5.0) -> str:
@@ -145,15 +186,38 @@ class TmuxBackend:
 
     async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
         command = launch_command(req.job_id, req.argv, req.base_dir, req.env, req.token, req.cwd)
-        r = await transport.run(command, timeout=timeout)
-        why = (r.stderr.strip().splitlines() or [""])[-1]
-        if r.exit_status == 0:
-            return LaunchOutcome(LaunchState.ALREADY if "already launched" in r.stdout else LaunchState.LAUNCHED)
-        if r.exit_status == LAUNCH_ID_USED:
-            return LaunchOutcome(LaunchState.ID_USED, why)
-        if r.exit_status in (LAUNCH_NO_ROW, LAUNCH_NO_SESSION):
-            return LaunchOutcome(LaunchState.FAILED, why or "launch failed")
-        return LaunchOutcome(LaunchState.UNKNOWN, f"the launch ended with exit {r.exit_status}: {why}")
+        return _outcome(await transport.run(command, timeout=timeout))
+
+    async def prepare(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        script = [*_head(req.job_id, req.base_dir, req.token, req.cwd), *_prepare(req.cwd)]
+        return _outcome(await transport.run("\n".join(script), timeout=timeout), "-")
+
+    async def register(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        script = [*_head(req.job_id, req.base_dir, req.token, req.cwd), *_register()]
+        return _outcome(await transport.run("\n".join(script), timeout=timeout), "already registered")
+
+    async def start(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+        script = [*_head(req.job_id, req.base_dir, req.token, req.cwd), *_start(req.job_id, req.argv, req.env,
+                                                                                 req.cwd)]
+        return _outcome(await transport.run("\n".join(script), timeout=timeout))
+
+    async def fence(self, transport: Transport, job_id: str, base_dir: str | None, *,
+                    timeout: float) -> FenceOutcome:
+        validate_id(job_id)
+        r = await transport.run(
+            f"b={base_dir_word(base_dir)}; l=\"$b/jobs/{job_id}.wrapper.log\"; mkdir -p \"$b/jobs\"; "
+            "if (set -C; printf 'jobkit-fence %s: never started\\n' \"$(date +%s)\" >\"$l\") 2>/dev/null; then "
+            "echo fenced; else c=; { read -r c <\"$l\"; } 2>/dev/null; case $c in 'jobkit-fence '*) echo fenced;; "
+            "*) if [ -e \"$l\" ]; then echo started; else echo 'cannot write the claim' >&2; exit 70; fi;; "
+            "esac; fi", timeout=timeout)
+        if r.exit_status != 0 or r.stdout.strip() not in ("fenced", "started"):
+            raise RemoteCommandFailed(f"cannot fence {job_id}", host=transport.host_name, exit_status=r.exit_status,
+                                      stdout=r.stdout, stderr=r.stderr)
+        return FenceOutcome(r.stdout.strip())
+
+    async def unregister(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> None:
+        script = [*_head(req.job_id, req.base_dir, req.token), "[ ! -f \"$b/server.db\" ] || unrow"]
+        await transport.run("\n".join(script), timeout=timeout, check=True)
 
     async def cancel(self, transport: Transport, job_id: str, base_dir: str | None, *, timeout: float) -> str:
         return await cancel(transport, job_id, base_dir, timeout)
