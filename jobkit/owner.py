@@ -78,6 +78,15 @@ class Owner:
             return False
         return not self.start or _start_time(self.pid) in (None, self.start)  # pid reused: gone
 
+    def as_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "boot": self.boot, "start": self.start, "host": self.host, "pidns": self.pidns}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Owner:
+        pid = data.get("pid")
+        return cls(pid if isinstance(pid, int) else 0, str(data.get("boot", "")), str(data.get("start", "")),
+                   str(data.get("host", "")), str(data.get("pidns", "")))
+
     # --- as container labels --------------------------------------------------------------
     def labels(self, prefix: str) -> dict[str, str]:
         return {f"{prefix}.pid": str(self.pid), f"{prefix}.boot": self.boot, f"{prefix}.started": self.start,

@@ -24,10 +24,18 @@ from jobkit.errors import ConfigError, HostUnreachable, OutcomeUnknown, RemoteTi
 from jobkit.hosts import HostSpec
 from jobkit.ids import validate_id
 from jobkit.reconcile import HostReport, reconcile_host
-from jobkit.runner import cancel, submit
+from jobkit.runner import cancel, recover, submit
+from jobkit.sagas import Recovery
 from jobkit.store import AsyncStore, JobRecord, Store
 from jobkit.transport_ssh import SSHTransport
-from jobkit.userinput import host_key_from_known_hosts, host_public_key, positive_seconds, private_key, ssh_url
+from jobkit.userinput import (
+    host_key_from_known_hosts,
+    host_public_key,
+    positive_int,
+    positive_seconds,
+    private_key,
+    ssh_url,
+)
 
 
 def store_path() -> Path:
@@ -42,6 +50,31 @@ def store_path() -> Path:
 
 def _store() -> AsyncStore:
     return AsyncStore(Store(store_path()))
+
+
+def _recover_interrupted(store: AsyncStore) -> None:
+    """Resolve what a runner killed in the middle left behind (a submit half made), before doing
+    anything else; a host that cannot be reached now is tried again next time."""
+    if not store.sync.sagas.sagas(unresolved=True):
+        return
+    transports: dict[str, SSHTransport] = {}
+
+    def transport_for(host: str) -> SSHTransport:
+        if host not in transports:
+            transports[host] = SSHTransport(store.sync.host(host))
+        return transports[host]
+
+    async def go() -> Recovery:
+        try:
+            return await recover(store, transport_for)
+        finally:
+            for t in transports.values():
+                await t.close()
+
+    out = asyncio.run(go())
+    if out.changed:
+        print(f"jobkit: resolved {out.changed} interrupted operation(s): {len(out.completed)} completed, "
+              f"{len(out.compensated)} undone, {len(out.failed)} to retry (jobkit sagas --unresolved)", file=sys.stderr)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -104,6 +137,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("--name: a short one-line name (1-200 characters)")
     store = _store()
     spec = store.sync.host(args.host)
+    _recover_interrupted(store)
 
     async def go() -> str:
         t = SSHTransport(spec)
@@ -154,6 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     store = _store()
+    _recover_interrupted(store)
     hosts = [store.sync.host(args.host)] if args.host else store.sync.hosts()
     since = store.sync.last_seen()
     started = time.time()
@@ -204,14 +239,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    store = Store(store_path())
+    astore = _store()
+    store = astore.sync
     job = store.job(validate_id(args.job))
     spec = store.host(job.host)
+    _recover_interrupted(astore)
 
     async def go() -> str:
         t = SSHTransport(spec)
         try:
-            return await cancel(t, job.id, spec.base_dir, backend=backend_for(spec.scheduler))
+            return await cancel(t, job.id, spec.base_dir, backend=backend_for(spec.scheduler), store=astore)
         finally:
             await t.close()
 
@@ -271,6 +308,26 @@ def cmd_check_history(args: argparse.Namespace) -> int:
     return 3 if unchecked else 0
 
 
+def cmd_sagas(args: argparse.Namespace) -> int:
+    store = Store(store_path())
+    sagas = store.sagas.sagas(unresolved=args.unresolved, limit=args.limit)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in sagas], indent=2))
+        return 0
+    if not sagas:
+        print("no unresolved sagas" if args.unresolved else "no sagas")
+        return 0
+    for s in sagas:
+        job = s.input.get("job_id", "") if isinstance(s.input, dict) else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
+        print(f"saga {s.id} {s.name} {job} {s.state.value} (started {when}"
+              + (f", owner pid {s.owner.pid}" if s.owner else "") + ")" + (f": {s.failure}" if s.failure else ""))
+        for st in s.steps:
+            print(f"  {st.idx} {st.name:<13} {st.state.value:<12}" + (f" {st.error}" if st.error else "")
+                  + (f" -> {json.dumps(st.output)}" if st.output else ""))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logging.basicConfig(level=os.environ.get("JOBKIT_LOG", "WARNING"), format="%(name)s: %(message)s")
     p = sub.add_parser("submit", help="run a command on a host: jobkit submit HOST -- CMD...")
@@ -303,6 +360,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="per-host bound in seconds (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_check_history)
+    p = sub.add_parser("sagas", help="recent multi-step operations (submits, cancels) and their steps")
+    p.add_argument("--unresolved", action="store_true", help="only those not completed or fully undone")
+    p.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_sagas)
     hosts = sub.add_parser("hosts", help="hosts jobs run on")
     hsub = hosts.add_subparsers(dest="hosts_command", metavar="COMMAND", required=True)
     p = hsub.add_parser("add", help="add or update a host")

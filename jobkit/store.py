@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from jobkit.errors import ConfigError, StoreError
 from jobkit.hosts import HostSpec
 from jobkit.models import JobStatus, Known, Verdict
+from jobkit.sagas import SagaLog
 
 T = TypeVar("T")
 
@@ -120,6 +121,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._sagas: SagaLog | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() and not path.is_file():
@@ -158,7 +160,16 @@ class Store:
         return _Tx(self._db, self._lock)
 
     def close(self) -> None:
+        if self._sagas is not None:
+            self._sagas.close()
         self._db.close()
+
+    @property
+    def sagas(self) -> SagaLog:
+        """The saga log beside the store (``sagas.db``: a file and a connection of its own)."""
+        if self._sagas is None:
+            self._sagas = SagaLog(self.path.parent / "sagas.db")
+        return self._sagas
 
     # --- hosts ------------------------------------------------------------------------------
     def add_host(self, spec: HostSpec) -> None:

@@ -104,6 +104,7 @@ class LocalTarget:
         self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = True
         self.delay = 0.0  # a "slow host": seconds every command waits before it starts
+        self.delay_only: str | None = None  # ... or only the commands containing this text
         self.port = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,7 +142,8 @@ class LocalTarget:
             process.stderr.write(b"jobkit local target: exec requests only\n")
             process.exit(1)
             return
-        if self.delay:
+        text = command.decode("utf-8", "replace") if isinstance(command, bytes) else str(command)
+        if self.delay and (self.delay_only is None or self.delay_only in text):
             await asyncio.sleep(self.delay)
         env = {
             "HOME": str(self.home), "USER": self.user, "LOGNAME": self.user, "SHELL": "/bin/sh",

@@ -44,3 +44,15 @@ async def wait_until(predicate: Any, seconds: float = 15.0) -> None:
     while not await predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
+
+
+async def processes_gone(t: Any, *procs: tuple[Any, Any]) -> bool:
+    """None of these (pid, /proc start time) processes is alive: gone, a zombie, or its pid now
+    names a later process (pids wrap at pid_max). A start time of None matches any process."""
+    checks = []
+    for pid, start in procs:
+        checks.append(f"l=; {{ read -r l </proc/{int(pid)}/stat; }} 2>/dev/null && {{ set -- ${{l##*') '}}; "
+                      f"[ \"$1\" != Z ] && {{ [ -z '{start or ''}' ] || [ \"${{20}}\" = '{start or ''}' ]; }} && "
+                      "echo alive; }")
+    r = await t.run("; ".join(checks) + "; true")
+    return "alive" not in r.stdout

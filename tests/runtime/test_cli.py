@@ -110,7 +110,9 @@ def test_a_submit_whose_outcome_is_unknown_prints_the_id_and_exits_3(jobkit_lab:
     try:
         add(capsys, host)
         assert run(capsys, "submit", "lab", "--", "true")[0] == 0  # deployed
-        host.local.delay = 12.0  # longer than submit's 10 s bound: the host acts after the client gave up
+        # the launch of the session answers later than submit's 10 s bound: the host acts after the
+        # client gave up
+        host.local.delay, host.local.delay_only = 12.0, "new-session"
         rc, out, err = run(capsys, "submit", "lab", "--no-deploy", "--id", "unknown-1", "--", "true")
         assert rc == 3, err
         assert out.strip() == "unknown-1"
@@ -118,7 +120,7 @@ def test_a_submit_whose_outcome_is_unknown_prints_the_id_and_exits_3(jobkit_lab:
         rc, out, _ = run(capsys, "status", "unknown-1", "--json")
         assert json.loads(out)[0]["status"] == "queued"
     finally:
-        host.local.delay = 0.0
+        host.local.delay, host.local.delay_only = 0.0, None
         host.stop()
 
 
@@ -214,3 +216,27 @@ def test_submit_takes_a_directory_variables_and_a_name(local: LabHost, capsys: p
         rc, _, err = run(capsys, "submit", "lab", *bad, "--", "true")
         assert rc == 2, bad
         assert err.startswith("jobkit: error: --")
+
+
+def test_an_interrupted_submit_is_listed_then_resolved_at_the_next_start(
+        local: LabHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    add(capsys, local)
+    db = tmp_path / "home" / "store.db"
+    child = subprocess.run([sys.executable, "-m", "tests.runtime.submit_child", str(db), "lab", "halfmade-1",
+                            "after:register"], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert child.returncode == -9, child.stderr
+    rc, out, _ = run(capsys, "sagas", "--unresolved")
+    assert rc == 0
+    assert "submit halfmade-1 running" in out
+    assert "2 register      succeeded" in out
+    rc, out, _ = run(capsys, "sagas", "--json")
+    assert json.loads(out)[0]["steps"][2]["state"] == "succeeded"
+    rc, out, err = run(capsys, "reconcile")
+    assert "resolved 1 interrupted operation(s): 0 completed, 1 undone" in err
+    rc, out, _ = run(capsys, "sagas", "--unresolved")
+    assert out.strip() == "no unresolved sagas"
+    rc, out, _ = run(capsys, "status", "halfmade-1", "--json")
+    assert json.loads(out)[0]["status"] == "failed"

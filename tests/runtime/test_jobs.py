@@ -16,7 +16,7 @@ from jobkit.reconcile import reconcile_host
 from jobkit.runner import cancel, submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import wait_until
+from tests.runtime.conftest import processes_gone, wait_until
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
@@ -110,10 +110,8 @@ async def test_wrapper_and_job_sigkilled_become_lost_after_grace(host: LabHost, 
     await transport.run(f"kill -s KILL {st['wrapper_pid']}; kill -s KILL -- -{st['pgid']} 2>/dev/null || "
                         f"kill -s KILL -{st['pgid']}", check=True)
 
-    async def gone() -> bool:
-        return (await transport.run(f"kill -0 {st['pid']} 2>/dev/null || kill -0 {st['wrapper_pid']}")).exit_status != 0
-
-    await wait_until(gone)
+    await wait_until(lambda: processes_gone(transport, (st["pid"], st["proc_start"]),
+                                            (st["wrapper_pid"], st.get("wrapper_start"))))
     within = await reconcile_host(transport, store, host.target, grace=60)
     assert next(v for v in within.verdicts if v.job_id == job).status is JobStatus.RUNNING
     after = await reconcile_host(transport, store, host.target, grace=0)

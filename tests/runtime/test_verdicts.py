@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobkit.errors import JobIdInUse, JobkitError, OutcomeUnknown
-from jobkit.lab import Lab, LabHost
+from jobkit.errors import JobIdInUse, JobkitError, OutcomeUnknown, RemoteTimeout
+from jobkit.lab import LabHost
 from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import JobStatus
 from jobkit.reconcile import reconcile_host
@@ -21,7 +21,7 @@ from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import wait_until
+from tests.runtime.conftest import processes_gone, wait_until
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
@@ -89,32 +89,48 @@ async def test_two_stores_on_one_file_and_a_late_reconciler_never_move_history_b
     cli.sync.close()
 
 
+class AnswerLostAfterStart:
+    """The host acts on the launch, then its answer is lost (the client's bound fires first)."""
+
+    def __init__(self, real: SSHTransport) -> None:
+        self.real = real
+
+    @property
+    def host_name(self) -> str:
+        return self.real.host_name
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
+        if "new-session" in command:
+            raise RemoteTimeout("no answer within 1s", host=self.host_name, sent=True)
+        return r
+
+    async def close(self) -> None:
+        return None
+
+
 async def test_a_submit_whose_answer_is_lost_stays_queued_and_reconciliation_finds_the_job(
-        jobkit_lab: Lab, tmp_path: Path) -> None:
-    host = jobkit_lab.start("local", fresh=True)
-    assert host.local is not None
-    store = AsyncStore(Store(tmp_path / "s.db"))
-    store.sync.add_host(host.spec)
-    t = SSHTransport(host.spec)
-    try:
-        await t.run("true")  # connected
-        host.local.delay = 2.0  # the host acts, but only after the client stopped waiting
-        job = jid("lostanswer")
-        with pytest.raises(OutcomeUnknown) as caught:
-            await submit(t, store, host.target, ["sh", "-c", "exit 0"], job_id=job, timeout=1.0)
-        assert caught.value.job_id == job
-        rec = store.sync.job(job)
-        assert rec.status is JobStatus.QUEUED, rec  # never `failed`: the job may be running
-        host.local.delay = 0.0
-        await wait_until(lambda: has_status(t, job, "completed"), seconds=20)
-        report = await reconcile_host(t, store, host.target)
-        assert (report.verdicts[0].status, report.verdicts[0].exit_code) == (JobStatus.COMPLETED, 0)
-        assert [h[0] for h in store.sync.history(job)] == ["queued", "completed"]
-    finally:
-        host.local.delay = 0.0
-        await t.close()
-        store.sync.close()
-        host.stop()
+        host: LabHost, store: AsyncStore, transport: SSHTransport) -> None:
+    from jobkit.runner import recover
+    from jobkit.sagas import SagaState
+
+    job = jid("lostanswer")
+    with pytest.raises(OutcomeUnknown) as caught:
+        await submit(AnswerLostAfterStart(transport), store, host.target, ["sh", "-c", "exit 0"], job_id=job)
+    assert caught.value.job_id == job
+    rec = store.sync.job(job)
+    assert rec.status is JobStatus.QUEUED, rec  # never `failed`: the job may be running
+    saga = store.sync.sagas.sagas(name="submit")[0]
+    assert (saga.state, saga.steps[-1].name, saga.steps[-1].state.value) == (SagaState.RUNNING, "start", "running")
+    await wait_until(lambda: has_status(transport, job, "completed"), seconds=20)
+    report = await reconcile_host(transport, store, host.target)
+    assert (report.verdicts[0].status, report.verdicts[0].exit_code) == (JobStatus.COMPLETED, 0)
+    assert [h[0] for h in store.sync.history(job)] == ["queued", "completed"]
+    # the saga is resolved by the next start of a runner, once the grace period has passed
+    assert (await recover(store, lambda _h: transport, grace=3600)).busy == [saga.id]
+    done = await recover(store, lambda _h: transport, grace=0)
+    assert done.completed == [saga.id]
+    assert store.sync.sagas.get(saga.id).state is SagaState.COMPLETED
 
 
 async def test_an_id_already_used_on_the_host_by_another_store_is_refused_and_never_attributed(
@@ -170,12 +186,12 @@ async def test_a_job_outliving_its_killed_wrapper_ends_lost_never_failed(host: L
     await transport.run(f"touch {B}/{go}", check=True)  # both jobs end 0; nothing can record it
 
     async def both_gone() -> bool:
-        out = []
+        procs = []
         for job in (seen, unseen):
             st = await state_of(transport, job)
             assert st is not None
-            out.append((await transport.run(f"kill -0 {st['pid']} 2>/dev/null")).exit_status != 0)
-        return all(out)
+            procs.append((st["pid"], st["proc_start"]))
+        return await processes_gone(transport, *procs)
 
     await wait_until(both_gone)
     after = {v.job_id: v for v in (await reconcile_host(transport, store, host.target, grace=0)).verdicts}
