@@ -237,3 +237,19 @@ def test_unusable_store_paths_are_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "garbage.db").write_bytes(b"not a database at all, really" * 100)
     with pytest.raises(StoreError, match="cannot use the store"):
         Store(tmp_path / "garbage.db")
+
+
+def test_one_superseded_or_unknown_job_never_stops_the_rest_of_a_batch(tmp_path: Path) -> None:
+    a, b = two_stores(tmp_path)
+    for j in ("x", "y", "z"):
+        a.add_job(j, "h", ["true"])
+    b.apply([Update(verdict("x", JobStatus.RUNNING), 0)])  # another writer moved x meanwhile
+    r = a.apply([Update(verdict("x", JobStatus.LOST), 0), Update(verdict("gone", JobStatus.RUNNING), 0),
+                 Update(verdict("y", JobStatus.RUNNING), 0), Update(verdict("z", JobStatus.COMPLETED, 0), 0)])
+    assert (r.changed, r.superseded) == (2, ["x"])
+    assert [a.job(j).status for j in ("x", "y", "z")] == [JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.COMPLETED]
+    with pytest.raises(StoreError, match="refusing to move running back to queued"):
+        a.apply([Update(verdict("y", JobStatus.QUEUED), a.job("y").version)])
+    assert a.job("y").status is JobStatus.RUNNING
+    a.close()
+    b.close()
