@@ -2,6 +2,7 @@
 # jobkit job wrapper: run one job and record how it really ended, twice:
 #   <base>/server.db            row `id` of table `jobs` (inserted by the client beforehand)
 #   <base>/jobs/<JOB_ID>.status JSON state file, always replaced atomically
+#   <base>/jobs/<JOB_ID>.out, .err  the job's stdout and stderr, when JOBKIT_OUTPUT=files
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARGS...]    Protocol: wrapper/README.md
 #
 # POSIX sh only (dash, bash, BusyBox ash, mksh, yash, zsh as sh, posh). It must never run the
@@ -39,6 +40,11 @@ for v in "$grace" "$lock_timeout" "$db_timeout" "$db_retries"; do
     exit 64 ;;
   esac
 done
+output=${JOBKIT_OUTPUT:-}
+case $output in
+  '' | files) ;;
+  *) printf 'jobkit-wrapper: JOBKIT_OUTPUT must be unset, empty or "files"\n' >&2; exit 64 ;;
+esac
 
 base=${JOBKIT_BASE_DIR:-}
 if [ -z "$base" ]; then
@@ -55,6 +61,8 @@ log=$jobs_dir/$job_id.wrapper.log
 tmp=$jobs_dir/.$job_id.status.$$.tmp
 dbout=$jobs_dir/.$job_id.db.$$.tmp
 wtmp=$tmp
+job_out='' job_err=''
+[ "$output" != files ] || { job_out=$jobs_dir/$job_id.out job_err=$jobs_dir/$job_id.err; }
 
 # --- signals: installed before any state is written ---------------------------------------
 sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0 db_pid='' db_run_pid=''
@@ -347,6 +355,11 @@ cannot_write() { # REASON: the state directory is unusable; record failed/73 whe
 }
 
 [ -d "$jobs_dir" ] || mkdir -p -- "$jobs_dir" 2>/dev/null
+# Output files that are already there belong to someone: the id is used, and they are kept.
+if [ -n "$job_out" ] && { [ -e "$job_out" ] || [ -e "$job_err" ]; }; then
+  say "job id already used ($job_out or $job_err exists)"
+  exit 67
+fi
 # Claim the id atomically: create the log empty with O_EXCL (noclobber), which makes this wrapper
 # the only writer of the state file, then write to it, which proves the state directory can take
 # data. Two steps, because a full disk with free inodes lets the file be created and refuses
@@ -393,6 +406,17 @@ if [ "${JOBKIT_ALLOW_NETFS:-0}" != 1 ] && [ -n "$netfs_types" ] && [ -r /proc/mo
   fi
 fi
 
+# The job's output files, created only now that the claim makes this wrapper their only writer
+# (a second start of the id exits 67 above and never opens them). Created empty here, where a
+# failure is 73, and opened by the job's own process just before it execs the command.
+if [ -n "$job_out" ]; then
+  set -C
+  made=0
+  { true >"$job_out" && true >"$job_err" && made=1; } 2>/dev/null
+  set +C
+  [ "$made" = 1 ] || cannot_write "cannot create the job's output files"
+fi
+
 [ -z "$sig_name" ] || finish_without_job "$((128 + sig_num))" "received SIG$sig_name before the job started"
 
 # The job runs in the background, in its own session and process group, stdin from /dev/null.
@@ -406,6 +430,9 @@ fi
 # parse options of exec; dash and posh take `--` for the command).
 (
   trap - HUP INT QUIT PIPE TERM USR1 USR2
+  # The job's stdout and stderr go to its files (appended: the wrapper created them empty). Only
+  # fds 1 and 2 point there; `command` keeps a failed redirection from exiting the subshell.
+  if [ -n "$job_out" ]; then command exec >>"$job_out" 2>>"$job_err" || exit 73; fi
   read -r self_pid _ _ _ self_pgrp _ </proc/self/stat 2>/dev/null
   # dash and BusyBox ash give async lists SIGINT/SIGQUIT ignored for good (`trap -` cannot undo
   # it): restore them with env(1) or perl where either can, so the job can be interrupted.

@@ -529,3 +529,105 @@ SH
   echo "# states after each crash point:$seen" >&3
   [[ $seen == *none* && $seen == *running/pending* && $seen == *completed/pending* && $seen == *completed/ok* ]]
 }
+
+# --- job output kept on the host (JOBKIT_OUTPUT=files) ----------------------------------------
+out_file() { printf '%s/jobs/%s.out' "$BASE" "$1"; }
+err_file() { printf '%s/jobs/%s.err' "$BASE" "$1"; }
+
+@test "JOBKIT_OUTPUT=files: the job's stdout and stderr are kept in <id>.out and <id>.err, byte for byte" {
+  add_row out1
+  # no trailing newline, a NUL byte, a line of 100000 bytes, interleaved streams
+  JOBKIT_OUTPUT=files run -3 --separate-stderr wrapper out1 sh -c \
+    'printf "one\n"; printf "e1\n" >&2; printf "a\000b"; head -c 100000 /dev/zero | tr "\000" x; printf "\nlast"; printf "e2" >&2; exit 3'
+  assert_equal "$output" ""   # nothing reaches the wrapper's own stdout (the tmux pane)
+  assert_equal "$stderr" ""
+  assert_final out1 failed 3 null
+  local want=$BATS_TEST_TMPDIR/want
+  { printf 'one\na\000b'; head -c 100000 /dev/zero | tr '\000' x; printf '\nlast'; } >"$want"
+  cmp "$want" "$(out_file out1)"
+  assert_equal "$(cat "$(err_file out1)")" "$(printf 'e1\ne2')"
+  # beside the state file, and not dotfiles (readers skip those)
+  assert_equal "$(dirname "$(out_file out1)")" "$(dirname "$(state_file out1)")"
+}
+
+@test "JOBKIT_OUTPUT=files: a job that prints nothing still gets both files, empty" {
+  add_row out2
+  JOBKIT_OUTPUT=files run -0 wrapper out2 true
+  assert_output ""
+  [ -f "$(out_file out2)" ]
+  [ ! -s "$(out_file out2)" ]
+  [ -f "$(err_file out2)" ]
+  [ ! -s "$(err_file out2)" ]
+  assert_final out2 completed 0 null
+}
+
+@test "JOBKIT_OUTPUT=files: the output is in the file while the job runs (never held back)" {
+  add_row out3
+  local go=$BATS_TEST_TMPDIR/go
+  JOBKIT_OUTPUT=files start_wrapper out3 sh -c "echo started; echo warming >&2; while [ ! -e '$go' ]; do sleep 0.05; done; echo done" >/dev/null 2>&1
+  local w=$WPID deadline=$((SECONDS + 10))
+  until [ "$(cat "$(out_file out3)" 2>/dev/null)" = started ] && [ "$(cat "$(err_file out3)" 2>/dev/null)" = warming ]; do
+    ((SECONDS < deadline)) || { touch "$go"; fail "output not in the files while the job runs: $(cat "$(out_file out3)" 2>&1)"; }
+    sleep 0.05
+  done
+  assert_equal "$(field out3 status)" running
+  touch "$go"
+  wait "$w"
+  assert_equal "$(cat "$(out_file out3)")" "$(printf 'started\ndone')"
+}
+
+@test "JOBKIT_OUTPUT=files: a reused or fenced id never touches the first job's output" {
+  add_row dupo
+  JOBKIT_OUTPUT=files run -0 wrapper dupo sh -c 'echo first; echo first-err >&2'
+  JOBKIT_OUTPUT=files run -67 wrapper dupo sh -c 'echo second; echo second-err >&2'
+  assert_equal "$(cat "$(out_file dupo)")" first
+  assert_equal "$(cat "$(err_file dupo)")" first-err
+  # an id fenced by the client (claimed, never started): no output file appears
+  mkdir -p "$BASE/jobs"
+  printf 'jobkit-fence 1: never started\n' >"$BASE/jobs/fenced1.wrapper.log"
+  add_row fenced1
+  JOBKIT_OUTPUT=files run -67 wrapper fenced1 sh -c 'echo ran'
+  [ ! -e "$(out_file fenced1)" ]
+  [ ! -e "$(err_file fenced1)" ]
+  # output files left by something else: the id counts as used, they are kept as they are
+  printf 'old\n' >"$BASE/jobs/stray.out"
+  add_row stray
+  JOBKIT_OUTPUT=files run -67 wrapper stray sh -c 'echo new'
+  assert_equal "$(cat "$BASE/jobs/stray.out")" old
+  [ ! -e "$BASE/jobs/stray.wrapper.log" ]
+}
+
+@test "JOBKIT_OUTPUT=files: no inode left for the output after the claim: exit 73, job not run, row failed/73" {
+  mkdir -p "$BASE/jobs"
+  # the directory and the claim take the only two inodes: the claim succeeds, the output cannot be created
+  mount -t tmpfs -o size=1m,nr_inodes=2 tmpfs "$BASE/jobs"
+  add_row noino
+  JOBKIT_OUTPUT=files run -73 --separate-stderr wrapper noino touch "$BATS_TEST_TMPDIR/ran"
+  local claim
+  claim=$(cat "$BASE/jobs/noino.wrapper.log")
+  umount "$BASE/jobs"
+  [ ! -e "$BATS_TEST_TMPDIR/ran" ]
+  [[ $stderr == *"cannot write"* ]]
+  [[ $claim == *"noino: claimed"* ]]
+  assert_equal "$(db_field noino status),$(db_field noino exit_code)" failed,73
+}
+
+@test "JOBKIT_OUTPUT=files: the job's only descriptors under the base directory are its stdout and stderr" {
+  add_row fdo1
+  # shellcheck disable=SC2016 # expanded by the job's shell
+  JOBKIT_OUTPUT=files run -0 wrapper fdo1 sh -c 'for f in /proc/$$/fd/*; do printf "%s %s\n" "${f##*/}" "$(readlink "$f")"; done'
+  run -0 grep -F "$BASE" "$(out_file fdo1)"
+  assert_output "$(printf '1 %s\n2 %s' "$(out_file fdo1)" "$(err_file fdo1)")"
+}
+
+@test "JOBKIT_OUTPUT: without it nothing is kept and the output is the wrapper's; a bad value is exit 64" {
+  add_row noout
+  run -0 --separate-stderr wrapper noout sh -c 'echo visible; echo visible-err >&2'
+  assert_output visible
+  assert_equal "$stderr" visible-err
+  [ ! -e "$(out_file noout)" ]
+  [ ! -e "$(err_file noout)" ]
+  JOBKIT_OUTPUT=yes run -64 --separate-stderr wrapper bad1 true
+  [[ $stderr == *JOBKIT_OUTPUT* ]]
+  [ ! -e "$BASE/jobs/bad1.wrapper.log" ]
+}
