@@ -92,7 +92,8 @@ def _start(job_id: str, argv: list[str], env: dict[str, str] | None, cwd: str | 
     extra = "".join(" " + shlex.join([f"{k}={v}"]) for k, v in (env or {}).items())
     static = shlex.join([job_id, *argv])
     start_dir = " -c \"$cwd\"" if cwd else ""
-    line = (f"\"exec env JOBKIT_BASE_DIR='$qb'{extra} '$qb/bin/job_wrapper.sh' \"" + shlex.quote(static))
+    line = (f"\"exec env JOBKIT_BASE_DIR='$qb' JOBKIT_OUTPUT=files{extra} '$qb/bin/job_wrapper.sh' \""
+            + shlex.quote(static))
     return [
         f"if fenced; then echo \"jobkit: the id $id is fenced on this host: the job never starts\" >&2; "
         f"exit {LAUNCH_NO_SESSION}; fi",
