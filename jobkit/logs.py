@@ -19,14 +19,14 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from jobkit.errors import JobkitError
 from jobkit.ids import validate_id
 from jobkit.remote import base_dir_word
-from jobkit.transport import Transport
+from jobkit.transport import CommandResult, Transport
 
 __all__ = ["CHUNK", "TAIL_LOOKBACK", "NoOutput", "OutputState", "Stream", "output_state", "read_output",
            "read_range", "tail_offset"]
@@ -39,6 +39,8 @@ TAIL_LOOKBACK = 64 << 20
 _BLOCK = 4096
 #: the first look-back for lines: most tails are in the last 64 KiB
 _FIRST_WINDOW = 64 << 10
+#: how long a read in flight may take to finish when the reader is stopped
+_STOP_GRACE = 2.0
 
 
 class Stream(StrEnum):
@@ -120,6 +122,23 @@ def _script(job_id: str, stream: Stream, base_dir: str | None, offset: int, leng
     ])
 
 
+async def _finished(call: Awaitable[CommandResult]) -> CommandResult:
+    """Await ``call``; when the caller is cancelled meanwhile (Ctrl-C on a follow), let the call
+    finish first, for :data:`_STOP_GRACE` seconds at most, so that stopping never leaves a
+    channel half-opened on a connection that is about to close; then stop."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task}, timeout=_STOP_GRACE)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it was, the caller stops
+        raise
+
+
 def _parse(host: str, text: str) -> tuple[OutputState, bytes, str]:
     head, _, body = text.partition("\n")
     m = _HEADER.fullmatch(head.strip())
@@ -145,7 +164,7 @@ async def read_range(transport: Transport, job_id: str, offset: int, length: int
     if offset < 0 or length < 0:
         raise ValueError("offset and length must be >= 0")
     length = min(length, CHUNK)
-    r = await transport.run(_script(job_id, stream, base_dir, offset, length), timeout=timeout)
+    r = await _finished(transport.run(_script(job_id, stream, base_dir, offset, length), timeout=timeout))
     if r.exit_status != 0:
         raise JobkitError(f"cannot read the output of {job_id}", host=transport.host_name, exit_status=r.exit_status,
                           stdout=r.stdout[:2000], stderr=r.stderr)

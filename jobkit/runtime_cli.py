@@ -259,6 +259,48 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- logs -----------------------------------------------------------------------------------
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The job's output from its host (jobkit.logs: bounded reads), written as it arrives."""
+    import contextlib
+
+    from jobkit.logs import Stream, read_output
+
+    store = Store(store_path())
+    try:
+        job = store.job(validate_id(args.job))
+        spec = store.host(job.host)
+    finally:
+        store.close()
+    out = getattr(sys.stdout, "buffer", None)
+
+    async def go() -> None:
+        t = SSHTransport(spec)
+        try:
+            async for chunk in read_output(t, job.id, stream=Stream.STDERR if args.stderr else Stream.STDOUT,
+                                           base_dir=spec.base_dir, tail_lines=args.tail, tail_bytes=args.bytes,
+                                           follow=args.follow, timeout=args.timeout):
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+        finally:
+            await t.close()
+
+    try:
+        asyncio.run(go())
+    except (HostUnreachable, RemoteTimeout) as exc:
+        raise type(exc)(f"cannot read the output of {job.id}: {exc.message}", host=spec.name) from exc
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, and keep the interpreter's exit from
+        # failing to flush into the closed pipe
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_check_history(args: argparse.Namespace) -> int:
     from jobkit.history import check_history, host_records
     from jobkit.probe import JobQuery, probe
@@ -353,6 +395,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cancel", help="stop a job (TERM to its wrapper, forwarded to the job's group)")
     p.add_argument("job")
     p.set_defaults(handler=cmd_cancel)
+    from jobkit.userinput import count
+    p = sub.add_parser("logs", help="a job's output, read from its host in bounded reads (--follow: until it ends)")
+    p.add_argument("job")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep reading as the job writes, until it has ended (Ctrl-C stops)")
+    p.add_argument("--stderr", action="store_true", help="the job's stderr instead of its stdout")
+    last = p.add_mutually_exclusive_group()
+    last.add_argument("--tail", type=count, metavar="N", help="only its last N lines")
+    last.add_argument("--bytes", type=count, metavar="N", help="only its last N bytes")
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, help="per-read bound in seconds (default 10)")
+    p.set_defaults(handler=cmd_logs)
     p = sub.add_parser("check-history", help="report every impossible transition in the store's status history "
                                              "(and final statuses the hosts' records contradict)")
     p.add_argument("--host", help="only this host's jobs")
