@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+
+# asyncssh's import names cryptography's DSA classes, which cryptography >= 47 deprecates with a
+# warning at every start; jobkit never uses DSA keys, and a user should not see that noise.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh(\..*)?$")
 
 __version__ = "0.1.0"
 
