@@ -26,7 +26,7 @@ from jobkit.ids import validate_id
 from jobkit.reconcile import HostReport, reconcile_host
 from jobkit.runner import cancel, recover, submit
 from jobkit.sagas import Recovery
-from jobkit.store import AsyncStore, JobRecord, Store
+from jobkit.store import AsyncStore, HistoryEntry, JobRecord, Store
 from jobkit.transport_ssh import SSHTransport
 from jobkit.userinput import (
     host_key_from_known_hosts,
@@ -179,11 +179,32 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 def cmd_status(args: argparse.Namespace) -> int:
     store = Store(store_path())
     jobs = [store.job(validate_id(j)) for j in args.jobs] if args.jobs else store.jobs()
+    # jobs named on the command line come with their status history (what changed, when, why)
+    history = {j.id: store.history_entries(j.id) for j in jobs} if args.jobs else {}
     if args.json:
-        print(json.dumps([_job_json(j) for j in jobs], indent=2))
+        out = []
+        for j in jobs:
+            d = _job_json(j)
+            if j.id in history:
+                d["history"] = [_history_json(e) for e in history[j.id]]
+            out.append(d)
+        print(json.dumps(out, indent=2))
     else:
         print(_table([_job_row(j) for j in jobs], ["JOB", "NAME", "HOST", "STATUS", "EXIT", "FLAGS", "REASON"]))
+        for job_id, entries in history.items():
+            print(f"\nhistory of {job_id}:")
+            print(_table([[_utc(e.timestamp), e.status, "" if e.exit_code is None else str(e.exit_code), e.source,
+                           e.reason or ""] for e in entries], ["TIME", "STATUS", "EXIT", "SOURCE", "REASON"]))
     return 0
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _history_json(e: HistoryEntry) -> dict[str, Any]:
+    return {"status": e.status, "time": _utc(e.timestamp), "timestamp": e.timestamp, "source": e.source,
+            "reason": e.reason, "exit_code": e.exit_code, "version": e.version, "observed_at": e.observed_at}
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
