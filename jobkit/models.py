@@ -123,6 +123,14 @@ class Evidence:
     live: Liveness = field(default_factory=Liveness)
     claim: Claim | None = None
 
+    def nothing_on_host(self) -> bool:
+        """The host answered and holds nothing of the job: its database says there is no row,
+        no state file, no claim, no tmux session, no live process."""
+        return (self.host.reachable and self.db is not None and self.db.state == "no_row"
+                and self.file is not None and self.file.state == "missing"
+                and self.claim is not None and self.claim.state == "absent"
+                and not self.live.job_alive and not self.live.wrapper_alive and not self.live.tmux_session)
+
 
 @dataclass(frozen=True)
 class Verdict:

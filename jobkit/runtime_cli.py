@@ -371,6 +371,81 @@ def cmd_check_history(args: argparse.Namespace) -> int:
     return 3 if unchecked else 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The service as a daemon: a tick now (then the "while you were away" summary), then one
+    every interval, one line per change, until SIGTERM or SIGINT (the tick in flight finished,
+    connections and stores closed)."""
+    import signal
+
+    from jobkit.reconcile import ReconcileService, Tick
+
+    store = _store()
+    _recover_interrupted(store)
+    since = store.sync.last_seen()
+    transports: dict[str, SSHTransport] = {}
+    down: set[str] = set()
+    first = True
+
+    def transport_for(name: str) -> SSHTransport:
+        if name not in transports:  # one connection per host, kept (and re-made) across ticks
+            transports[name] = SSHTransport(store.sync.host(name))
+        return transports[name]
+
+    def say(line: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+
+    def on_tick(tick: Tick) -> None:
+        nonlocal first
+        for r in tick.reports:
+            if not r.reachable and r.host not in down:
+                down.add(r.host)
+                say(f"{r.host}: UNAVAILABLE ({r.error}): last known statuses kept, marked stale")
+            elif r.reachable and r.host in down:
+                down.discard(r.host)
+                say(f"{r.host}: reachable again")
+            for v in r.verdicts:
+                was = r.before.get(v.job_id)
+                if was is not None and was.status is not v.status and v.job_id not in r.superseded:
+                    code = "" if v.exit_code is None else f" (exit {v.exit_code})"
+                    say(f"{v.job_id}: {was.status.value} -> {v.status.value}{code} [{v.source.value}] {v.reason}")
+        for failure in tick.hosts_failed:
+            say(f"reconciliation failed: {failure}")
+        if first:
+            first = False
+            away = store.sync.away_summary(since) if since is not None else None
+            if away and any(away.values()):
+                say("while you were away: " + ", ".join(f"{len(v)} {k}" for k, v in away.items() if v))
+        store.sync.touch_last_seen(time.time())
+        if args.verbose:
+            say(f"tick: {json.dumps(tick.as_dict())}")
+
+    async def main() -> None:
+        service = ReconcileService(store, transport_for, interval=args.interval, concurrency=args.concurrency,
+                                   timeout=args.timeout, grace=args.grace, on_tick=on_tick)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            if args.once:
+                await service.tick()
+            else:
+                service.start()
+                await stop.wait()
+                print("jobkit watch: stopping: finishing the tick in flight", file=sys.stderr, flush=True)
+                await service.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await asyncio.gather(*(t.close() for t in transports.values()))
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.sync.close()
+    return 0
+
+
 def cmd_sagas(args: argparse.Namespace) -> int:
     store = Store(store_path())
     sagas = store.sagas.sagas(unresolved=args.unresolved, limit=args.limit)
@@ -434,6 +509,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="per-host bound in seconds (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_check_history)
+    p = sub.add_parser("watch", help="the reconciliation service: reconcile every host now and then every "
+                                     "interval, one line per change, until SIGTERM/SIGINT")
+    p.add_argument("--interval", type=positive_seconds, default=30.0, help="seconds between ticks (default 30)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="hosts probed at once (default 4)")
+    p.add_argument("--timeout", type=positive_seconds, default=5.0, help="per-host bound in seconds (default 5)")
+    p.add_argument("--grace", type=positive_seconds, default=30.0,
+                   help="seconds before a job with no record of its end is declared lost (default 30)")
+    p.add_argument("--once", action="store_true", help="one tick, then exit")
+    p.add_argument("--verbose", action="store_true", help="also one line per tick with its counts")
+    p.set_defaults(handler=cmd_watch)
     p = sub.add_parser("sagas", help="recent multi-step operations (submits, cancels) and their steps")
     p.add_argument("--unresolved", action="store_true", help="only those not completed or fully undone")
     p.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")

@@ -233,6 +233,12 @@ class Store:
             args.extend(ACTIVE)
         return [_record(r) for r in self._db.execute(sql + " ORDER BY created_at, id", args)]
 
+    def job_ids_by_host(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for r in self._db.execute("SELECT id, host FROM jobs"):
+            out.setdefault(r["host"], set()).add(r["id"])
+        return out
+
     def mark_failed_launch(self, job_id: str, error: str) -> bool:
         """Record a launch that provably started nothing; only over a row still ``queued``."""
         now = time.time()
@@ -259,10 +265,13 @@ class Store:
         with self._tx():
             for u in updates:
                 v, facts = u.verdict, u.facts
-                row = self._db.execute("SELECT status, version FROM jobs WHERE id = ?", (v.job_id,)).fetchone()
+                row = self._db.execute("SELECT status, version, updated_at FROM jobs WHERE id = ?",
+                                       (v.job_id,)).fetchone()
                 if row is None:
                     continue
-                if row["version"] != u.version:
+                # another writer changed the row since it was read, or after the evidence was
+                # gathered (a tick writes as of its start): its newer view is kept
+                if row["version"] != u.version or (u.observed_at is not None and row["updated_at"] > u.observed_at):
                     result.superseded.append(v.job_id)
                     continue
                 if JobStatus(row["status"]).final and row["status"] != v.status.value:

@@ -240,3 +240,77 @@ def test_an_interrupted_submit_is_listed_then_resolved_at_the_next_start(
     assert out.strip() == "no unresolved sagas"
     rc, out, _ = run(capsys, "status", "halfmade-1", "--json")
     assert json.loads(out)[0]["status"] == "failed"
+
+
+def test_watch_logs_each_change_survives_a_host_going_away_and_stops_cleanly_on_sigterm(
+        local: LabHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import contextlib
+    import os
+    import queue
+    import signal
+    import sys
+    import threading
+
+    add(capsys, local)
+    _rc, out, _ = run(capsys, "submit", "lab", "--", "sh", "-c", "sleep 1")
+    job = out.strip()
+    _rc, out, _ = run(capsys, "submit", "lab", "--", "sleep", "300")  # keeps the host watched
+    long = out.strip()
+    jobkit = [sys.executable, "-m", "jobkit.cli"]
+    env = dict(os.environ, JOBKIT_HOME=str(tmp_path / "home"))
+    watch = subprocess.Popen([*jobkit, "watch", "--interval", "0.3", "--timeout", "2"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    got: queue.Queue[str] = queue.Queue()
+    assert watch.stdout is not None
+    reader = threading.Thread(target=lambda out=watch.stdout: [got.put(ln) for ln in out], daemon=True)
+    reader.start()
+    lines: list[str] = []
+
+    def wait_for(*parts: str, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while not any(all(p in ln for p in parts) for ln in lines):
+            left = deadline - time.monotonic()
+            assert left > 0, (parts, lines)
+            with contextlib.suppress(queue.Empty):
+                lines.append(got.get(timeout=left))
+
+    try:
+        wait_for(f"{job}: ", "-> completed (exit 0) [database]")
+        # the host goes away and comes back: said once each way, the service goes on
+        assert local.local is not None
+        local.local.call_in_thread(local.local.stop_accepting)
+        try:
+            wait_for("lab: UNAVAILABLE")
+        finally:
+            local.local.call_in_thread(local.local.resume_accepting)
+        wait_for("lab: reachable again")
+        assert sum("lab: UNAVAILABLE" in ln for ln in lines) == 1
+        watch.send_signal(signal.SIGTERM)
+        _out, err = watch.communicate(timeout=30)
+        assert watch.returncode == 0, err
+        assert "Traceback" not in err
+        assert "finishing the tick in flight" in err
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+        reader.join(timeout=10)
+    rc, _out, _ = run(capsys, "cancel", long)
+    assert rc == 0
+    # a job ends while nobody watches: the next start reconciles it and says so
+    _rc, out, _ = run(capsys, "submit", "lab", "--", "sh", "-c", "exit 2")
+    other = out.strip()
+    deadline = time.monotonic() + 15
+    for ended in (other, long):  # both recorded on the host (the cancelled one too)
+        state = Path(local.spec.labels["home"]) / ".jobkit" / "jobs" / f"{ended}.status"
+        while not all(w in (state.read_text() if state.exists() else "") for w in ('"failed"', '"db":"ok"')):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    once = subprocess.run([*jobkit, "watch", "--once"], env=env, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert once.returncode == 0, once.stderr
+    assert f"{other}: queued -> failed (exit 2)" in once.stdout
+    assert "while you were away: 2 failed" in once.stdout  # and the job cancelled above
+    again = subprocess.run([*jobkit, "watch", "--once"], env=env, capture_output=True, text=True, timeout=30,
+                           check=False)
+    assert (again.returncode, again.stdout) == (0, ""), again  # nothing changed, nothing happened meanwhile

@@ -38,7 +38,7 @@ from jobkit.history import check_history, host_records
 from jobkit.lab import LabHost
 from jobkit.models import JobStatus
 from jobkit.probe import JobQuery, probe
-from jobkit.reconcile import HostReport, reconcile_host
+from jobkit.reconcile import HostReport, ReconcileService, Tick, reconcile_host
 from jobkit.runner import cancel, submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport import CommandResult
@@ -134,7 +134,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.file_faults: dict[str, Injected] = {}
         self.lock_until = 0.0
         self.paused = False
-        self.late: asyncio.Task[HostReport] | None = None
+        self.late: asyncio.Task[HostReport] | asyncio.Task[Tick | None] | None = None
         self.late_started = 0.0
         self.late_delay = 0.0
         self.n = 0
@@ -376,20 +376,30 @@ class RuntimeMachine(RuleBasedStateMachine):
                         assert rec.stale, f"{rec.id}: not marked stale"
 
     @precondition(lambda self: self.late is None)
-    @rule(delay=st.sampled_from([0.3, 1.0, 2.0]))
-    def start_late_reconcile(self, delay: float) -> None:
+    @rule(delay=st.sampled_from([0.3, 1.0, 2.0]), service=st.booleans())
+    def start_late_reconcile(self, delay: float, service: bool) -> None:
+        """A second client on the same store whose answers arrive late: a CLI reconcile, or a
+        tick of the reconciliation service (which writes as of the tick's start)."""
         assert self.t_late is not None
         self.late_delay, self.late_started = delay, time.monotonic()
-        self.late = self.loop.create_task(reconcile_host(LateAnswers(self.t_late, delay), self.stores[1], HOST,
-                                                         base_dir=self.base, timeout=TIMEOUT))
+        late = LateAnswers(self.t_late, delay)
+        if service:
+            service = ReconcileService(self.stores[1], lambda _name: late, timeout=TIMEOUT)
+            self.late = self.loop.create_task(service.tick())
+        else:
+            self.late = self.loop.create_task(reconcile_host(late, self.stores[1], HOST, base_dir=self.base,
+                                                             timeout=TIMEOUT))
 
     @precondition(lambda self: self.late is not None)
     @rule()
     def collect_late(self) -> None:
         assert self.late is not None
-        report = self.run(self.late)
+        result = self.run(self.late)
         self.late = None
-        note(f"late reconcile: reachable={report.reachable} superseded={report.superseded}")
+        if isinstance(result, Tick):
+            note(f"late service tick: {result.as_dict()} drifts={[d.line() for d in result.drifts]}")
+        else:
+            note(f"late reconcile: reachable={result.reachable} superseded={result.superseded}")
 
     # --- what must always hold ------------------------------------------------------------------
     @invariant()

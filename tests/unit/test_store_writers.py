@@ -46,6 +46,22 @@ def test_a_verdict_computed_from_an_older_row_is_not_written(tmp_path: Path) -> 
     b.close()
 
 
+def test_a_verdict_from_evidence_older_than_the_rows_last_change_is_not_written(tmp_path: Path) -> None:
+    # the service writes as of its tick's start: a row changed after that (here between the
+    # tick's start and its read of the row, so the version it read is current) keeps the newer view
+    a, b = two_stores(tmp_path)
+    a.add_job("j", "h", ["true"], now=1.0)
+    tick_started = time.time()
+    a.apply([Update(verdict("j", JobStatus.RUNNING), a.job("j").version)], now=tick_started + 1)
+    read = b.job("j")  # the tick reads the row after that write
+    late = b.apply([Update(verdict("j", JobStatus.RUNNING), read.version, {}, tick_started)])
+    assert (late.changed, late.superseded) == (0, ["j"])
+    fresh = b.apply([Update(verdict("j", JobStatus.COMPLETED, 0), read.version, {}, tick_started + 2)])
+    assert (fresh.changed, fresh.superseded) == (1, [])
+    a.close()
+    b.close()
+
+
 def test_the_database_itself_refuses_to_move_a_final_status(tmp_path: Path) -> None:
     a, _ = two_stores(tmp_path)
     a.add_job("j", "h", ["true"])
