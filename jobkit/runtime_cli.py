@@ -29,12 +29,10 @@ from jobkit.sagas import Recovery
 from jobkit.store import AsyncStore, HistoryEntry, JobRecord, Store
 from jobkit.transport_ssh import SSHTransport
 from jobkit.userinput import (
-    host_key_from_known_hosts,
     host_public_key,
     positive_int,
     positive_seconds,
-    private_key,
-    ssh_url,
+    ssh_url_parts,
 )
 
 
@@ -98,20 +96,35 @@ def _job_json(j: JobRecord) -> dict[str, Any]:
 
 # --- hosts ----------------------------------------------------------------------------------
 def cmd_hosts_add(args: argparse.Namespace) -> int:
-    user, address, port = ssh_url(args.url)
+    """A host as ``ssh`` reaches it: the address (or an alias of ``~/.ssh/config``), a key, and the
+    host key pinned from ``known_hosts`` (or given); a pinned host key that changed is refused."""
+    from jobkit.sshconfig import fingerprint, pick_host_key, pick_identity, resolve
+
     if not args.name.strip() or any(c.isspace() or not c.isprintable() for c in args.name):
         raise ConfigError(f"host name {args.name!r} must be non-empty, without spaces or control characters")
-    key = private_key(args.key)
-    if args.known_hosts:
-        known = host_key_from_known_hosts(args.known_hosts, address, port)
-    elif args.known_host_key:
-        known = host_public_key(args.known_host_key)
+    user, alias, port = ssh_url_parts(args.url)
+    host = resolve(alias, user=user, port=port, config=Path(args.ssh_config).expanduser() if args.ssh_config else None)
+    key = pick_identity(host, args.key)
+    if args.known_host_key:
+        known, source = host_public_key(args.known_host_key), "--known-host-key"
     else:
-        raise ConfigError("give the host's public key (--known-host-key or --known-hosts): "
-                          "jobkit never connects without checking it")
+        known, where = pick_host_key(host, args.known_hosts)
+        source = str(where)
     store = Store(store_path())
-    store.add_host(HostSpec(args.name, address, port, user, key, known, args.base_dir))
-    print(f"host {args.name} added: {user}@{address}:{port}")
+    try:
+        before: HostSpec | None = store.host(args.name)
+    except ConfigError:
+        before = None
+    if (before is not None and before.known_host_key and before.known_host_key.split()[:2] != known.split()[:2]
+            and not args.replace_host_key):
+        raise ConfigError(f"the host key of {args.name} changed: the store pins {fingerprint(before.known_host_key)} "
+                          f"for {before.display}, and {source} now has {fingerprint(known)} for "
+                          f"{host.user}@{host.address}:{host.port}; if you expect the change (the host was "
+                          "reinstalled, or is another machine now), run again with --replace-host-key")
+    store.add_host(HostSpec(args.name, host.address, host.port, host.user, key, known, args.base_dir))
+    via = f" (from {host.config} for {alias})" if host.config is not None and alias != host.address else ""
+    print(f"host {args.name} {'updated' if before else 'added'}: {host.user}@{host.address}:{host.port}{via}; "
+          f"key {key}; host key {fingerprint(known)} from {source}")
     return 0
 
 
@@ -528,11 +541,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hsub = hosts.add_subparsers(dest="hosts_command", metavar="COMMAND", required=True)
     p = hsub.add_parser("add", help="add or update a host")
     p.add_argument("name")
-    p.add_argument("url", help="ssh://user@host[:port]")
-    p.add_argument("--key", required=True, help="private key file (unencrypted: no passphrase)")
+    p.add_argument("url", help="ssh://[user@]host[:port]; host may be an alias of ~/.ssh/config (HostName, User, "
+                               "Port, IdentityFile, UserKnownHostsFile, HostKeyAlias are honoured)")
+    p.add_argument("--key", help="private key file (unencrypted: no passphrase; default: the config's IdentityFile, "
+                                 "else ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
     pinned = p.add_mutually_exclusive_group()
     pinned.add_argument("--known-host-key", help="the server's public host key, e.g. 'ssh-ed25519 AAAA...'")
-    pinned.add_argument("--known-hosts", help="a known_hosts file holding the server's key (for that host and port)")
+    pinned.add_argument("--known-hosts", help="a known_hosts file holding the server's key (default: the config's "
+                                              "UserKnownHostsFile, else ~/.ssh/known_hosts)")
+    p.add_argument("--ssh-config", help="OpenSSH client config to resolve the host in (default ~/.ssh/config)")
+    p.add_argument("--replace-host-key", action="store_true",
+                   help="accept a host key that differs from the one pinned for this host name")
     p.add_argument("--base-dir", help="where the wrapper keeps its files on the host (default ~/.jobkit)")
     p.set_defaults(handler=cmd_hosts_add)
     p = hsub.add_parser("ls", help="list hosts")

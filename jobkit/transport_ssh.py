@@ -123,6 +123,13 @@ class SSHTransport:
                 self._note_failure()
                 raise RemoteTimeout(f"SSH connection not established within {timeout:.1f}s",
                                     host=self.spec.name, sent=False) from exc
+            except asyncssh.HostKeyNotVerifiable as exc:
+                self._note_failure()
+                raise HostUnreachable(
+                    f"refusing to connect: the host key at {self.spec.address}:{self.spec.port} is not the one pinned "
+                    f"for {self.spec.name} (it changed, or another machine answers there); if the change is expected, "
+                    f"pin the new key with: jobkit hosts add {self.spec.name} ... --replace-host-key",
+                    host=self.spec.name) from exc
             except (OSError, asyncssh.Error, ValueError) as exc:
                 self._note_failure()
                 raise HostUnreachable(f"cannot connect: {exc}", host=self.spec.name) from exc

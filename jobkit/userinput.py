@@ -65,7 +65,15 @@ def positive_seconds(text: str) -> float:
 # --- hosts --------------------------------------------------------------------------------------
 def ssh_url(url: str) -> tuple[str, str, int]:
     """``ssh://user@host[:port]`` → (user, host, port); IPv6 addresses in brackets."""
-    shape = "ssh://user@host[:port]"
+    user, host, port = ssh_url_parts(url, need_user=True)
+    assert user is not None
+    return user, host, port or 22
+
+
+def ssh_url_parts(url: str, *, need_user: bool = False) -> tuple[str | None, str, int | None]:
+    """``ssh://[user@]host[:port]`` → (user or None, host, port or None): what the address gives
+    (an alias of ``~/.ssh/config`` fills in the rest)."""
+    shape = "ssh://user@host[:port]" if need_user else "ssh://[user@]host[:port]"
     try:
         u = urlsplit(url)
     except ValueError as exc:  # e.g. an unbalanced '[' for IPv6
@@ -74,13 +82,15 @@ def ssh_url(url: str) -> tuple[str, str, int]:
         raise ConfigError(f"host address must look like {shape}, not {url!r}")
     if u.password is not None:
         raise ConfigError(f"no password in the address {url!r}: jobkit logs in with a key only (--key)")
-    if not u.username:
+    if need_user and not u.username:
         raise ConfigError(f"host address {url!r} names no user: {shape}")
+    if u.username is not None and not u.username:
+        raise ConfigError(f"host address {url!r} has an empty user before '@': {shape}")
     if not u.hostname:
         raise ConfigError(f"host address {url!r} names no host: {shape}")
     if u.path not in ("", "/") or u.query or u.fragment:
         raise ConfigError(f"host address {url!r} has a path or query: {shape}")
-    if any(c.isspace() or not c.isprintable() for c in u.username + u.hostname):
+    if any(c.isspace() or not c.isprintable() for c in (u.username or "") + u.hostname):
         raise ConfigError(f"host address {url!r} has spaces or control characters in it")
     try:
         port = u.port
@@ -91,7 +101,7 @@ def ssh_url(url: str) -> tuple[str, str, int]:
         raise ConfigError(f"empty port in {url!r}: leave out the ':' for port 22")
     if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"port {port} in {url!r} is not a port number (1-65535)")
-    return u.username, u.hostname, port or 22
+    return u.username, u.hostname, port
 
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:

@@ -314,3 +314,40 @@ def test_watch_logs_each_change_survives_a_host_going_away_and_stops_cleanly_on_
     again = subprocess.run([*jobkit, "watch", "--once"], env=env, capture_output=True, text=True, timeout=30,
                            check=False)
     assert (again.returncode, again.stdout) == (0, ""), again  # nothing changed, nothing happened meanwhile
+
+
+def test_a_host_from_the_users_ssh_config_runs_jobs_and_a_changed_host_key_is_refused_at_connect(
+        local: LabHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncssh
+
+    home = tmp_path / "user"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    spec = local.spec
+    (home / ".ssh" / "config").write_text(f"Host lab-alias\n  HostName 127.0.0.1\n  Port {spec.port}\n"
+                                          f"  User {spec.user}\n  IdentityFile {spec.private_key}\n")
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{spec.port} {spec.known_host_key}\n")
+    rc, out, err = run(capsys, "hosts", "add", "viaconfig", "ssh://lab-alias")
+    assert rc == 0, err
+    rc, out, err = run(capsys, "submit", "viaconfig", "--", "sh", "-c", "exit 4")
+    assert rc == 0, err
+    job = out.strip()
+    deadline = time.monotonic() + 20
+    while True:
+        run(capsys, "reconcile", "--host", "viaconfig")
+        _rc, out, _ = run(capsys, "status", job, "--json")
+        if json.loads(out)[0]["status"] == "failed":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert json.loads(out)[0]["exit_code"] == 4
+    # the server's key is not the one pinned any more (here: another key pinned on purpose)
+    other = " ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2])
+    assert run(capsys, "hosts", "add", "viaconfig", "ssh://lab-alias", "--known-host-key", other)[0] == 2
+    rc, _, err = run(capsys, "hosts", "add", "viaconfig", "ssh://lab-alias", "--known-host-key", other,
+                     "--replace-host-key")
+    assert rc == 0, err
+    rc, out, err = run(capsys, "reconcile", "--host", "viaconfig")
+    assert rc == 3
+    assert "refusing to connect: the host key at 127.0.0.1" in out + err
+    assert "--replace-host-key" in out + err

@@ -76,13 +76,13 @@ def add(capsys: pytest.CaptureFixture[str], keys: dict[str, Path], url: str, *ex
     ("ssh://u@h:99999", "port '99999'"),
     ("ssh://u@h:0", "port 0"),
     ("ssh://u@h:", "empty port"),
-    ("ssh://h:22", "names no user"),
+    ("ssh://@h:22", "empty user before '@'"),
     ("ssh://u@:22", "names no host"),
-    ("http://u@h", "ssh://user@host[:port]"),
-    ("u@h", "ssh://user@host[:port]"),
+    ("http://u@h", "ssh://[user@]host[:port]"),
+    ("u@h", "ssh://[user@]host[:port]"),
     ("ssh://u:secret@h", "no password"),
     ("ssh://u@h/some/path", "path or query"),
-    ("ssh://u@[::1", "ssh://user@host[:port]"),
+    ("ssh://u@[::1", "ssh://[user@]host[:port]"),
 ])
 def test_hosts_add_rejects_a_bad_address(url: str, says: str, home: Path, keys: dict[str, Path],
                                          capsys: pytest.CaptureFixture[str]) -> None:
