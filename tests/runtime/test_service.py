@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobkit.deploy import deploy
-from jobkit.lab import LabHost
+from jobkit.lab import Lab, LabHost
 from jobkit.models import JobStatus, Source, Verdict
 from jobkit.reconcile import ReconcileService
 from jobkit.runner import submit
@@ -22,6 +22,13 @@ from jobkit.transport_ssh import SSHTransport
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=[pytest.param("local", id="local"),
+                        pytest.param("busybox", id="busybox", marks=pytest.mark.container)])
+def svc_host(request: pytest.FixtureRequest, jobkit_lab: Lab) -> LabHost:
+    """The embedded target, and the lab container farthest from it (BusyBox userland, Alpine role)."""
+    return jobkit_lab.start(request.param)
 
 
 class Slow:
@@ -63,10 +70,10 @@ async def _final(t: SSHTransport, base: str, job: str) -> bool:
 
 
 async def test_a_tick_queries_once_bounds_its_hosts_and_logs_every_drift(
-        local_host: LabHost, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        svc_host: LabHost, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = AsyncStore(Store(tmp_path / "s.db"))
-    t = SSHTransport(local_host.spec)
-    names = await _hosts(local_host, store, t, 5)
+    t = SSHTransport(svc_host.spec)
+    names = await _hosts(svc_host, store, t, 5)
     jobs = {}
     for name in names:
         spec = store.sync.host(name)
@@ -96,10 +103,10 @@ async def test_a_tick_queries_once_bounds_its_hosts_and_logs_every_drift(
     store.sync.close()
 
 
-async def test_a_fresher_update_written_during_a_tick_is_kept(local_host: LabHost, tmp_path: Path) -> None:
+async def test_a_fresher_update_written_during_a_tick_is_kept(svc_host: LabHost, tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.db"))
-    t = SSHTransport(local_host.spec)
-    (name,) = await _hosts(local_host, store, t, 1)
+    t = SSHTransport(svc_host.spec)
+    (name,) = await _hosts(svc_host, store, t, 1)
     base = store.sync.host(name).base_dir
     job = (await submit(t, store, name, ["sleep", "30"], base_dir=base)).job_id
     slow = Slow(t, 1.0)
@@ -119,10 +126,10 @@ async def test_a_fresher_update_written_during_a_tick_is_kept(local_host: LabHos
 
 
 async def test_skipped_ticks_are_counted_and_stop_waits_for_the_tick_in_flight(
-        local_host: LabHost, tmp_path: Path) -> None:
+        svc_host: LabHost, tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.db"))
-    t = SSHTransport(local_host.spec)
-    (name,) = await _hosts(local_host, store, t, 1)
+    t = SSHTransport(svc_host.spec)
+    (name,) = await _hosts(svc_host, store, t, 1)
     await submit(t, store, name, ["sleep", "30"], base_dir=store.sync.host(name).base_dir)
     slow = Slow(t, 1.0)
     seen: list[int] = []
@@ -143,13 +150,13 @@ async def test_skipped_ticks_are_counted_and_stop_waits_for_the_tick_in_flight(
     store.sync.close()
 
 
-async def test_a_host_that_goes_away_is_unavailable_and_the_service_goes_on(local_host: LabHost,
+async def test_a_host_that_goes_away_is_unavailable_and_the_service_goes_on(svc_host: LabHost,
                                                                             tmp_path: Path) -> None:
     from jobkit.errors import HostUnreachable
 
     store = AsyncStore(Store(tmp_path / "s.db"))
-    t = SSHTransport(local_host.spec)
-    names = await _hosts(local_host, store, t, 2)
+    t = SSHTransport(svc_host.spec)
+    names = await _hosts(svc_host, store, t, 2)
     for n in names:
         await submit(t, store, n, ["sleep", "30"], base_dir=store.sync.host(n).base_dir)
 
@@ -180,10 +187,10 @@ async def test_a_host_that_goes_away_is_unavailable_and_the_service_goes_on(loca
 
 
 async def test_a_job_its_host_holds_nothing_of_is_counted_and_one_broken_host_never_stops_the_others(
-        local_host: LabHost, tmp_path: Path) -> None:
+        svc_host: LabHost, tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.db"))
-    t = SSHTransport(local_host.spec)
-    good, broken = await _hosts(local_host, store, t, 2)
+    t = SSHTransport(svc_host.spec)
+    good, broken = await _hosts(svc_host, store, t, 2)
     # a job recorded locally that never reached its host (a runner killed right after recording it)
     store.sync.add_job("never-sent", good, ["true"])
     store.sync.add_job("elsewhere", broken, ["true"])
