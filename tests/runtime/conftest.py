@@ -12,6 +12,7 @@ import pytest
 
 from jobkit.lab import Lab, LabHost, offline_targets
 from jobkit.store import AsyncStore, Store
+from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
 
 TARGETS = [pytest.param("local", id="local"),
@@ -36,6 +37,28 @@ async def transport(host: LabHost, store: AsyncStore) -> AsyncIterator[SSHTransp
     t = SSHTransport(host.spec)
     yield t
     await t.close()
+
+
+class LateAnswers:
+    """A transport whose answers arrive ``delay`` seconds after the host gave them (a slow
+    network, a loaded client): ``answered`` is set when the host has answered."""
+
+    def __init__(self, real: SSHTransport, delay: float) -> None:
+        self.real, self.delay = real, delay
+        self.answered = asyncio.Event()
+
+    @property
+    def host_name(self) -> str:
+        return self.real.host_name
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
+        self.answered.set()
+        await asyncio.sleep(self.delay)
+        return r
+
+    async def close(self) -> None:
+        return None
 
 
 async def wait_until(predicate: Any, seconds: float = 15.0) -> None:

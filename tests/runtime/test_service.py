@@ -19,7 +19,7 @@ from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store, Update
 from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import wait_until
+from tests.runtime.conftest import LateAnswers, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,27 +29,6 @@ pytestmark = pytest.mark.slow
 def svc_host(request: pytest.FixtureRequest, jobkit_lab: Lab) -> LabHost:
     """The embedded target, and the lab container farthest from it (BusyBox userland, Alpine role)."""
     return jobkit_lab.start(request.param)
-
-
-class Slow:
-    """The host's answers arrive ``delay`` seconds late; ``answered`` is set once the host has answered."""
-
-    def __init__(self, real: SSHTransport, delay: float) -> None:
-        self.real, self.delay = real, delay
-        self.answered = asyncio.Event()
-
-    @property
-    def host_name(self) -> str:
-        return self.real.host_name
-
-    async def run(self, command: str, **kw: object) -> CommandResult:
-        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
-        self.answered.set()
-        await asyncio.sleep(self.delay)
-        return r
-
-    async def close(self) -> None:
-        return None
 
 
 async def _hosts(host: LabHost, store: AsyncStore, t: SSHTransport, n: int) -> list[str]:
@@ -83,7 +62,7 @@ async def test_a_tick_queries_once_bounds_its_hosts_and_logs_every_drift(
     queries = []
     real_jobs = store.sync.jobs
     store.sync.jobs = lambda *a: queries.append(a) or real_jobs(*a)  # type: ignore[method-assign]
-    slow = Slow(t, 0.3)
+    slow = LateAnswers(t, 0.3)
     service = ReconcileService(store, lambda _n: slow, concurrency=2)
     with caplog.at_level(logging.INFO, logger="jobkit.reconcile"):
         tick = await service.tick()
@@ -109,7 +88,7 @@ async def test_a_fresher_update_written_during_a_tick_is_kept(svc_host: LabHost,
     (name,) = await _hosts(svc_host, store, t, 1)
     base = store.sync.host(name).base_dir
     job = (await submit(t, store, name, ["sleep", "30"], base_dir=base)).job_id
-    slow = Slow(t, 1.0)
+    slow = LateAnswers(t, 1.0)
     service = ReconcileService(store, lambda _n: slow)
     tick = asyncio.create_task(service.tick())
     await slow.answered.wait()  # the tick has its evidence; its answer is on the way
@@ -131,7 +110,7 @@ async def test_skipped_ticks_are_counted_and_stop_waits_for_the_tick_in_flight(
     t = SSHTransport(svc_host.spec)
     (name,) = await _hosts(svc_host, store, t, 1)
     await submit(t, store, name, ["sleep", "30"], base_dir=store.sync.host(name).base_dir)
-    slow = Slow(t, 1.0)
+    slow = LateAnswers(t, 1.0)
     seen: list[int] = []
     service = ReconcileService(store, lambda _n: slow, interval=0.3, on_tick=lambda tk: seen.append(tk.reconciled))
     service.start()  # ticks at once

@@ -21,7 +21,7 @@ from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import processes_gone, wait_until
+from tests.runtime.conftest import LateAnswers, processes_gone, wait_until
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
@@ -29,28 +29,6 @@ B = '"$HOME/.jobkit"'
 
 def jid(tag: str) -> str:
     return f"{tag}-{uuid.uuid4().hex[:8]}"
-
-
-class LateAnswers:
-    """A transport whose answers arrive ``delay`` seconds after the host gave them (a slow
-    network, a loaded client): ``answered`` is set when the host has answered."""
-
-    def __init__(self, real: SSHTransport, delay: float) -> None:
-        self.real, self.delay = real, delay
-        self.answered = asyncio.Event()
-
-    @property
-    def host_name(self) -> str:
-        return self.real.host_name
-
-    async def run(self, command: str, **kw: object) -> CommandResult:
-        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
-        self.answered.set()
-        await asyncio.sleep(self.delay)
-        return r
-
-    async def close(self) -> None:
-        return None
 
 
 async def state_of(t: SSHTransport, job: str) -> dict[str, object] | None:
