@@ -92,14 +92,16 @@ def _script(job_id: str, stream: Stream, base_dir: str | None, offset: int, leng
     return "\n".join([
         f"b={base_dir_word(base_dir)}; d=\"$b/jobs\"; id={job_id}",
         f"f=\"$d/$id.{stream.value}\"; st=\"$d/$id.status\"; lg=\"$d/$id.wrapper.log\"",
-        "size=-; if [ -f \"$f\" ]; then size=$(ls -lnL -- \"$f\" 2>/dev/null | awk '{print $5; exit}'); "
-        "case $size in '' | *[!0-9]*) size=- ;; esac; fi",
-        "line=; { read -r line <\"$st\"; } 2>/dev/null",
-        "s=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"status\": *\"\\([a-z]*\\)\".*/\\1/p')",
-        "w=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"wrapper_pid\": *\\([0-9][0-9]*\\).*/\\1/p')",
-        "ws=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"wrapper_start\": *\\([0-9][0-9]*\\).*/\\1/p')",
+        # Liveness is looked at first and what the wrapper and the job wrote after it: a process
+        # seen gone has written all it will, so the state file, the output's size and its bytes
+        # read afterwards are complete. (Read in the other order, a quick job could start, write
+        # and end between the reads: no output file, no state file, wrapper gone -> "ended before
+        # starting it", which was false.)
         "c=; { read -r c <\"$lg\"; } 2>/dev/null; claim=-",
         "case $c in 'jobkit-fence '*) claim=fence ;; *) [ ! -e \"$lg\" ] || claim=wrapper ;; esac",
+        "line=; { read -r line <\"$st\"; } 2>/dev/null",
+        "w=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"wrapper_pid\": *\\([0-9][0-9]*\\).*/\\1/p')",
+        "ws=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"wrapper_start\": *\\([0-9][0-9]*\\).*/\\1/p')",
         # without a state file yet, the claim line names the wrapper: jobkit-wrapper[PID] ID: claimed (start N)
         "if [ -z \"$w\" ] && [ \"$claim\" = wrapper ]; then",
         "  w=$(printf '%s\\n' \"$c\" | sed -n 's/^jobkit-wrapper\\[\\([0-9][0-9]*\\)\\].*/\\1/p')",
@@ -112,9 +114,13 @@ def _script(job_id: str, stream: Stream, base_dir: str | None, offset: int, leng
         "{ read -r l </proc/\"$1\"/stat; } 2>/dev/null; set -f; set -- \"$2\" ${l##*') '}; set +f; "
         "if [ \"$#\" -ge 21 ] && [ \"$2\" != Z ]; then a=$1; shift 20; [ \"$1\" != \"$a\" ] || "
         "{ echo alive; return; }; fi; echo gone; }",
+        "wa=$(alive \"$w\" \"$ws\"); ja=$(alive \"$jp\" \"$js\")",
+        "line=; { read -r line <\"$st\"; } 2>/dev/null",
+        "s=$(printf '%s\\n' \"$line\" | sed -n 's/.*\"status\": *\"\\([a-z]*\\)\".*/\\1/p')",
+        "size=-; if [ -f \"$f\" ]; then size=$(ls -lnL -- \"$f\" 2>/dev/null | awk '{print $5; exit}'); "
+        "case $size in '' | *[!0-9]*) size=- ;; esac; fi",
         "if command -v base64 >/dev/null 2>&1; then enc=base64; else enc=hex; fi",
-        "echo \"jobkit-output size=$size status=${s:--} wrapper=$(alive \"$w\" \"$ws\") job=$(alive \"$jp\" \"$js\") "
-        "claim=$claim enc=$enc\"",
+        "echo \"jobkit-output size=$size status=${s:--} wrapper=$wa job=$ja claim=$claim enc=$enc\"",
         *(["if [ \"$size\" != - ]; then",
            f"  if [ $enc = base64 ]; then dd if=\"$f\" bs={_BLOCK} skip={skip} count={count} 2>/dev/null | base64",
            f"  else dd if=\"$f\" bs={_BLOCK} skip={skip} count={count} 2>/dev/null | od -An -v -tx1; fi",
@@ -291,4 +297,6 @@ async def read_output(transport: Transport, job_id: str, *, stream: Stream = Str
             if idle_after_end:
                 return
             idle_after_end = True  # over, and nothing new: one more look after a poll, then done
+        else:
+            idle_after_end = False  # alive again to a later look (a job the wrapper left running)
         await asyncio.sleep(poll)
