@@ -21,6 +21,7 @@ from jobkit.lab import Lab, LabHost
 from jobkit.lab.local import LocalTarget
 from jobkit.lab.session import Owner, boot_id, sessions_root, stop_processes
 from jobkit.transport_ssh import SSHTransport
+from tests.procs import finish
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 JOBKIT = ROOT / ".venv" / "bin" / "jobkit"
@@ -201,9 +202,7 @@ def test_a_conformance_run_leaves_nothing_behind(short_tmp: Path) -> None:
         assert proc.returncode == 0, out + err
         assert_nothing_left(tmp, *(p for p in [cache / "lab"] if p.exists()))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        finish(proc)
 
 
 @pytest.mark.slow
@@ -224,9 +223,7 @@ def test_a_conformance_run_sent_sigterm_mid_run_leaves_nothing_behind(short_tmp:
         assert err.strip().splitlines()[-1] == "jobkit: terminated (SIGTERM)", err
         assert_nothing_left(tmp, *(p for p in [cache / "lab"] if p.exists()))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        finish(proc)
 
 
 
@@ -251,6 +248,4 @@ def test_lab_up_local_stopped_by_a_signal_leaves_nothing_behind(sig: signal.Sign
         assert "Traceback" not in err
         assert_nothing_left(tmp, cache / "lab")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        finish(proc)

@@ -22,6 +22,7 @@ from jobkit import cli
 from jobkit.lab import Lab, LabHost
 from jobkit.store import Store
 from jobkit.transport_ssh import SSHTransport
+from tests.procs import finish
 
 pytestmark = pytest.mark.slow
 JOBKIT = Path(sys.executable).parent / "jobkit"
@@ -147,11 +148,9 @@ def test_a_follow_stops_cleanly_on_ctrl_c(local: LabHost, capsys: pytest.Capture
         assert p.stdout is not None
         assert p.stdout.readline() == b"started\n"  # following a running job
         p.send_signal(sig)
-        _out, err = p.communicate(timeout=15)
+        _out, err = p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        finish(p)
     assert (p.returncode, err.decode()) == (code, says)
     deadline = time.monotonic() + 10
     while len(local.local._connections) > before:  # its SSH connection went with it
