@@ -2,19 +2,20 @@
 
 A check raises AssertionError (the clause fails, with its message) or NotApplicable (the fault
 cannot be made on this target); anything else is an error of the suite. Keep SPEC.md in step.
+A message names what was expected and what was found. (PYTEST_DONT_REWRITE: a clause's message
+is the same under pytest as on the command line.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobkit.conformance.context import Ctx
+from jobkit.conformance.context import Ctx, parse_state
 from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
 from jobkit.history import check_history
 from jobkit.hosts import HostSpec
@@ -82,7 +83,7 @@ async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: flo
 async def w1(ctx: Ctx) -> None:
     job = await ctx.new_job("ok")
     r = await ctx.run(job, ["sh", "-c", "exit 0"])
-    assert r.exit_status == 0, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 0, f"expected the wrapper to exit 0, found exit {r.exit_status}"
     st = await final_in_both(ctx, job, "completed", 0)
     for key in ("id", "user", "started_at", "completed_at"):
         assert st.get(key) not in (None, ""), f"state file lacks {key}: {st}"
@@ -92,7 +93,7 @@ async def w1(ctx: Ctx) -> None:
 async def w2(ctx: Ctx) -> None:
     job = await ctx.new_job("exit")
     r = await ctx.run(job, ["sh", "-c", "exit 3"])
-    assert r.exit_status == 3, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 3, f"expected the wrapper to exit 3 (its job's status), found exit {r.exit_status}"
     await final_in_both(ctx, job, "failed", 3)
 
 
@@ -102,8 +103,7 @@ async def w3(ctx: Ctx) -> None:
     job = await ctx.new_job("term")
     wpid = await ctx.start_tmux(job, ["sleep", "100"])
     st = await ctx.wait_state(job, ("running",))
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
-    assert pgid > 0, f"running state records no pid: {st}"
+    pgid = ctx.pid(job, st, "pgid")
     assert pgid != wpid, "the job runs in the wrapper's own process (foreground)"
     await ctx.sh(f"kill -s TERM {wpid}")
     deadline = time.monotonic() + 2.0
@@ -141,7 +141,7 @@ async def w5(ctx: Ctx) -> None:
         pass
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
     assert fin.get("status") == "failed", f"after kill-session: {fin}"
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
+    pgid = ctx.pid(job, st, "pgid")
     assert not await ctx.group_alive(pgid), "job processes survived the session"
 
 
@@ -165,7 +165,7 @@ async def w7(ctx: Ctx) -> None:
     await ctx.sh(f"kill -s TERM {wpid}")
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 30)
     assert fin.get("status") == "failed", fin
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
+    pgid = ctx.pid(job, st, "pgid")
     assert not await ctx.group_alive(pgid), "the job survived"
 
 
@@ -175,11 +175,14 @@ async def w8(ctx: Ctx) -> None:
     job = await ctx.new_job("facts")
     await ctx.start(job, ["sleep", "3"])
     st = await ctx.wait_state(job, ("running",))
-    pid = st.get("pid")
-    assert isinstance(pid, int), f"no pid: {st}"
-    r = await ctx.sh(f"l=$(cat /proc/{pid}/stat); set -- ${{l##*') '}}; echo \"$3 ${{20}}\"; "
+    pid = ctx.pid(job, st)
+    r = await ctx.sh(f"l=$(cat /proc/{pid}/stat) || exit 1; set -- ${{l##*') '}}; echo \"$3 ${{20}}\"; "
                      "cat /proc/sys/kernel/random/boot_id")
-    pgrp, start, boot = r.stdout.split()
+    facts = r.stdout.split()
+    if r.exit_status != 0 or len(facts) != 3:
+        raise AssertionError(f"expected the recorded pid {pid} to be the running job's process; found no such "
+                             f"process (exit {r.exit_status})")
+    pgrp, start, boot = facts
     assert st.get("pgid") == int(pgrp), f"pgid {st.get('pgid')} != {pgrp}"
     assert st.get("proc_start") == int(start), f"proc_start {st.get('proc_start')} != {start}"
     assert st.get("boot_id") == boot, f"boot_id {st.get('boot_id')} != {boot}"
@@ -227,7 +230,7 @@ async def w11(ctx: Ctx) -> None:
     try:
         r = await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000", "JOBKIT_DB_RETRIES": "2"}, timeout=60)
         st = await ctx.state(job)
-        assert st is not None, "no state file"
+        assert st is not None, f"expected a final state file for {job}; there is none"
         assert st.get("status") == "completed", f"state file not final: {st}"
         row = await ctx.row(job) if inj._task is not None and inj._task.done() else None
         if row is None or row.get("status") != "completed":
@@ -245,11 +248,11 @@ async def _db_fault_clause(ctx: Ctx, fault: Fault | None, tag: str, prepare: str
         if prepare:
             await ctx.sh(prepare)
         r = await ctx.run(job, ["sh", "-c", "exit 4"], timeout=60)
-        assert r.exit_status == 4, f"wrapper exit {r.exit_status}: the job's status is lost"
+        assert r.exit_status == 4, f"expected the wrapper to exit 4 (its job's status), found exit {r.exit_status}"
         st = await ctx.state(job)
-        assert st is not None, "no state file"
+        assert st is not None, f"expected a final state file for {job}; there is none"
         assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
-        assert r.stderr.strip(), "no warning on stderr"
+        assert r.stderr.strip(), "expected a warning on stderr about the database; stderr was empty"
         if fault is Fault.DELETED_DB:
             gone = await ctx.sh(f"test -e {ctx.b}/server.db && echo created || echo absent")
             assert "absent" in gone.stdout, "the wrapper created an empty database"
@@ -280,11 +283,11 @@ async def w15(ctx: Ctx) -> None:
     job = await ctx.new_job("nosql")
     async with await inject(Fault.MISSING_SQLITE3, ctx.host) as inj:
         r = await ctx.run(job, ["sh", "-c", "exit 4"], env=inj.env)
-    assert r.exit_status == 4, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 4, f"expected the wrapper to exit 4 (its job's status), found exit {r.exit_status}"
     st = await ctx.state(job)
-    assert st is not None, "no state file"
+    assert st is not None, f"expected a final state file for {job}; there is none"
     assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
-    assert r.stderr.strip(), "no warning on stderr"
+    assert r.stderr.strip(), "expected a warning on stderr about the database; stderr was empty"
 
 
 async def wait_exited(ctx: Ctx, pid: int, seconds: float) -> None:
@@ -316,11 +319,7 @@ async def w16(ctx: Ctx) -> None:
                               "2>/dev/null; true")
     assert raw is not None, "the state file was lost: the running state written before the disk filled is gone"
     assert raw.strip(), "an empty state file was left"
-    try:
-        st = json.loads(raw)
-    except ValueError:
-        raise AssertionError(f"a partial or broken state file was left: {raw[:300]!r}") from None
-    assert isinstance(st, dict), f"the state file is not one JSON object: {raw[:300]!r}"
+    st = parse_state(job, raw)
     if st.get("status") == "running":  # the final write failed: the previous state kept, and said so
         assert (st.get("id"), st.get("pid")) == (before.get("id"), before.get("pid")), \
             f"the state file is not the previous running state: {st} (before: {before})"
@@ -340,7 +339,7 @@ async def w17(ctx: Ctx) -> None:
     before = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
     for bad in HOSTILE_IDS:
         r = await ctx.run(bad, ["touch", f"{ctx.base_abs}/.conformance/ran"])
-        assert r.exit_status != 0, f"id {bad!r} accepted"
+        assert r.exit_status != 0, f"expected the job id {bad!r} to be refused (non-zero exit); the wrapper exited 0"
     after = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
     assert before.stdout == after.stdout, "the database or the jobs directory changed"
     r = await ctx.sh(f"test -e {ctx.b}/.conformance/ran || test -e /tmp/jobkit-pwned && echo ran || echo clean")
@@ -352,12 +351,8 @@ async def w18(ctx: Ctx) -> None:
     job = await ctx.new_job("esc")
     weird = 'q"u\\o\tte\x01$(x)é'
     await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
-    raw = await ctx.state_raw(job)
-    assert raw is not None, "no state file"
-    try:
-        st = json.loads(raw)
-    except ValueError as exc:
-        raise AssertionError(f"state file is not valid JSON ({exc}): {raw[:300]}") from None
+    st = await ctx.state(job)
+    assert st is not None, f"expected a state file for {job}; there is none"
     assert st.get("user") == weird, f"user recorded as {st.get('user')!r}"
 
 
@@ -368,7 +363,7 @@ async def w19(ctx: Ctx) -> None:
     await ctx.start(long_job, ["sleep", "30"])
     st = await ctx.wait_state(long_job, ("running",))
     # descriptors 0-2 are the job's own output (redirected by the suite); anything else is inherited
-    fds = await ctx.sh(f"for f in /proc/{st['pid']}/fd/*; do case ${{f##*/}} in 0|1|2) ;; "
+    fds = await ctx.sh(f"for f in /proc/{ctx.pid(long_job, st)}/fd/*; do case ${{f##*/}} in 0|1|2) ;; "
                        "*) readlink \"$f\";; esac; done")
     assert ctx.base_abs not in fds.stdout, f"the job holds descriptors under the base directory:\n{fds.stdout}"
     start = time.monotonic()
@@ -377,7 +372,7 @@ async def w19(ctx: Ctx) -> None:
     assert fin is not None, "second job: no state file"
     assert fin.get("status") == "completed", f"second job: {fin}"
     assert time.monotonic() - start < 10, "the second job's write waited for the first job"
-    await ctx.sh(f"kill -s TERM {st.get('wrapper_pid') or st['pid']} 2>/dev/null; true")
+    await ctx.sh(f"kill -s TERM {int(st.get('wrapper_pid') or ctx.pid(long_job, st))} 2>/dev/null; true")
 
 
 @clause("W-20", "timestamps are recorded without `date -I` (a date(1) that lacks it)", "18")
@@ -386,7 +381,7 @@ async def w20(ctx: Ctx) -> None:
     async with await inject(Fault.NO_DATE_ISO, ctx.host) as inj:
         await ctx.run(job, ["true"], env=inj.env)
     st = await ctx.state(job)
-    assert st is not None, "no state file"
+    assert st is not None, f"expected a final state file for {job}; there is none"
     assert st.get("status") == "completed", f"state file: {st}"
     for key in ("started_at", "completed_at"):
         assert str(st.get(key) or "").endswith("Z"), f"{key} = {st.get(key)!r}"
@@ -415,7 +410,7 @@ async def w23(ctx: Ctx) -> None:
     await ctx.run(job, ["true"])
     first = await ctx.state_raw(job)
     r = await ctx.run(job, ["sh", "-c", "exit 9"])
-    assert r.exit_status not in (0, 9), f"second use of the id ran (exit {r.exit_status})"
+    assert r.exit_status not in (0, 9), f"expected a second use of the id to be refused; it ran (exit {r.exit_status})"
     assert await ctx.state_raw(job) == first, "the first record was overwritten"
 
 
@@ -483,9 +478,17 @@ async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncSt
     return store, name, job
 
 
+def verdict_of(report: Any, job: str) -> Verdict:
+    for v in report.verdicts:
+        if v.job_id == job:
+            return v  # type: ignore[no-any-return]
+    raise AssertionError(f"expected the reconciler to give a verdict on {job}; it gave none "
+                         f"({len(report.verdicts)} verdict(s) on other jobs)")
+
+
 async def _reconcile(ctx: Ctx, store: AsyncStore, name: str, job: str, grace: float = 30.0) -> tuple[Any, Verdict]:
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=grace)
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job)
     ctx.evidence.add(f"reconcile {job}", v.log_line())
     return report, v
 
@@ -551,10 +554,11 @@ async def r4(ctx: Ctx) -> None:
 async def r5(ctx: Ctx) -> None:
     store, name, job = await _reconcile_setup(ctx, "rkill", ["sleep", "60"])
     st = await ctx.wait_state(job, ("running",))
+    ctx.pid(job, st)  # what the reconciler decides liveness by (and the fault kills)
     await _reconcile(ctx, store, name, job)
     async with await inject(Fault.SIGKILL_WRAPPER, ctx.host, job_id=job):
         await (await inject(Fault.SIGKILL_JOB_GROUP, ctx.host, job_id=job)).restore()
-    await ctx.wait_gone(int(st.get("pgid") or st.get("pid") or 0), st.get("wrapper_pid"))
+    await ctx.wait_gone(ctx.pid(job, st, "pgid"), st.get("wrapper_pid"))
     _, within = await _reconcile(ctx, store, name, job, grace=60)
     assert within.status is JobStatus.RUNNING, f"not running within the grace period: {within.log_line()}"
     _, v = await _reconcile(ctx, store, name, job, grace=0)
@@ -591,7 +595,7 @@ async def r7(ctx: Ctx) -> None:
             elapsed = time.monotonic() - start
         if fresh is not ctx.t:
             await fresh.close()
-        v = next(v for v in report.verdicts if v.job_id == job)
+        v = verdict_of(report, job)
         ctx.evidence.add(f"{fault.name}", f"{elapsed:.2f}s {v.log_line()}")
         assert elapsed < 6, f"{fault.name}: answered after {elapsed:.1f}s"
         assert (v.status, v.stale) == (JobStatus.RUNNING, True), v.log_line()
@@ -607,10 +611,10 @@ async def r9(ctx: Ctx) -> None:
     await store.call(store.sync.add_job, job, name, ["true"], time.time() - 120)
     await ctx.insert_row(job)  # the client queued it; the launch never happened
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=600)
-    early = next(v for v in report.verdicts if v.job_id == job)
+    early = verdict_of(report, job)
     assert early.status is JobStatus.QUEUED, early.log_line()
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=30)
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job)
     ctx.evidence.add("reconcile", v.log_line())
     assert v.status is JobStatus.FAILED, v.log_line()
     assert v.reason.startswith(NEVER_STARTED_REASON), v.log_line()
@@ -639,7 +643,7 @@ async def r8(ctx: Ctx) -> None:
         await fresh.close()
     finally:
         await inj.restore()
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job)
     ctx.evidence.add("after reboot", v.log_line())
     assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
     assert "rebooted" in v.reason, v.log_line()
