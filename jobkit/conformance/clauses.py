@@ -647,3 +647,24 @@ async def r8(ctx: Ctx) -> None:
     ctx.evidence.add("after reboot", v.log_line())
     assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
     assert "rebooted" in v.reason, v.log_line()
+
+
+# --- what each clause needs of a target (`jobkit conformance --list`) ---------------------------
+BASE_NEEDS = "POSIX sh, sqlite3, /proc"
+TMUX = "tmux"
+NEEDS: dict[str, str] = {
+    **{c: TMUX for c in ("W-3", "W-4", "W-5", "W-6", "W-7", "R-2", "R-3", "R-4", "R-6")},
+    "W-10": "a second sqlite3 connection holding the database",
+    "W-11": "a second sqlite3 connection holding the database",
+    "W-12": "the database removed and restored", "W-13": "the database replaced and restored",
+    "W-15": "a PATH shim without sqlite3", "W-20": "a PATH shim whose date(1) lacks -I",
+    "W-16": "root and mount (tmpfs + overlay): local run as root or a lab container; n/a on ssh:// hosts",
+    "R-5": "tmux; SIGKILL of the wrapper and the job's group",
+    "R-7": "tmux; a host that can be paused or made unreachable: local or a lab container; n/a on ssh:// hosts",
+    "R-8": "a lab container (a simulated reboot changes the boot id); n/a on local and ssh:// hosts",
+}
+
+
+def needs(cid: str) -> str:
+    extra = NEEDS.get(cid)
+    return f"{BASE_NEEDS}; {extra}" if extra else BASE_NEEDS

@@ -86,8 +86,9 @@ for s in /proc/[0-9]*/stat; do p=${s#/proc/}; p=${p%/stat}; l=; { read -r l <"$s
   for i in $ids; do case $c in *"$i"*) m=1;; esac; done; echo "$p $2 $3 $m"; done |
 awk -v self=$$ '{ pp[$1]=$2; pg[$1]=$3; if ($4 == 1 && $1 != self) k[$1]=1 }
   END { do { n=0; for (p in pp) if (!(p in k) && (pp[p] in k)) { k[p]=1; n++ } } while (n)
-        for (p in k) { print p; if (pg[p] == p) print "-" p } }' |
-while read -r p; do kill -KILL -- "$p" 2>/dev/null; done
+        for (p in k) { if (pg[p] == p) print "g " p; print "p " p } }' |
+while read -r w p; do if [ "$w" = p ]; then kill -s KILL "$p"; elif kill -s 0 -- "$$"; then kill -s KILL -- "-$p"
+  else kill -s KILL "-$p"; fi 2>/dev/null; done
 for i in $ids; do tmux -S "$b/tmux.sock" kill-session -t "=$i" 2>/dev/null; done; true"""
 
 
@@ -167,14 +168,16 @@ async def run_target(target: TargetSpec, *, wrapper: Path, schema: Path, base_di
 
 
 async def run_all(targets: list[TargetSpec], *, wrapper: Path, schema: Path, base_dir: str | None,
-                  clause_ids: list[str] | None, progress: Progress, parallel: int = 2) -> list[Result]:
+                  clause_ids: list[str] | None, progress: Progress, parallel: int = 2,
+                  clause_timeout: float = CLAUSE_TIMEOUT,
+                  repro: Callable[[str, str], str] = lambda clause, target: "") -> list[Result]:
     chosen = [c for c in CLAUSES if not clause_ids or c.id in clause_ids]
     sem = asyncio.Semaphore(parallel)
 
     async def one(t: TargetSpec) -> list[Result]:
         async with sem:
             return await run_target(t, wrapper=wrapper, schema=schema, base_dir=base_dir, clauses=chosen,
-                                    progress=progress)
+                                    progress=progress, clause_timeout=clause_timeout, repro=repro)
 
     per_target = await asyncio.gather(*(one(t) for t in targets))
     return [r for rs in per_target for r in rs]
