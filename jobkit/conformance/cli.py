@@ -178,33 +178,67 @@ def main_diff(old_path: str, new_path: str) -> int:
 
 async def _run(args: argparse.Namespace, targets: list[TargetSpec], wrapper: Path, schema: Path,
                clause_ids: list[str], repro: Any, prefix: str = "") -> list[Result]:
-    interactive = sys.stdout.isatty()
+    live = LiveProgress([t.name for t in targets], len(clause_ids), prefix) if sys.stdout.isatty() else None
     total = len(targets) * len(clause_ids)
     done = 0
 
     def progress(target: str, clause: str, result: Result | None) -> None:
         nonlocal done
+        if live is not None:
+            live.update(target, clause, result)
+            return
         if result is None:
-            if interactive:
-                print(f"\r{prefix}[{done}/{total}] {target}: {clause} ...".ljust(70), end="", flush=True)
             return
         done += 1
         mark = "ok" if result.outcome == PASS else result.outcome
-        line = f"{prefix}[{done}/{total}] {target}: {clause} {mark} ({result.seconds:.1f}s)"
-        if interactive:
-            print("\r" + line.ljust(70), end="\n" if result.outcome != PASS else "", flush=True)
-        else:
-            print(line, flush=True)
+        print(f"{prefix}[{done}/{total}] {target}: {clause} {mark} ({result.seconds:.1f}s)", flush=True)
 
     try:
+        if live is not None:
+            live.start()
         return await run_all(targets, wrapper=wrapper, schema=schema, base_dir=args.base_dir,
                              clause_ids=clause_ids, progress=progress, parallel=args.parallel,
                              clause_timeout=args.clause_timeout, repro=repro)
     finally:
-        if interactive:
-            print()
+        if live is not None:
+            live.stop()
         for t in targets:
             await t.transport.close()
+
+
+class LiveProgress:
+    """In a terminal: one bar per target (clauses done of total, the clause running, failures so
+    far), each failure printed above the bars as it happens."""
+
+    def __init__(self, targets: list[str], clauses: int, prefix: str = "", console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console or Console()
+        self.bars = Progress(TextColumn("{task.fields[target]}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[failures]} failed"), TextColumn("{task.fields[now]}"),
+                             TimeElapsedColumn(), console=self.console, transient=False)
+        self.prefix = prefix
+        self.failures = dict.fromkeys(targets, 0)
+        self.tasks = {t: self.bars.add_task(t, total=clauses, target=f"{prefix}{t}", failures=0, now="")
+                      for t in targets}
+
+    def start(self) -> None:
+        self.bars.start()
+
+    def stop(self) -> None:
+        self.bars.stop()
+
+    def update(self, target: str, clause: str, result: Result | None) -> None:
+        task = self.tasks[target]
+        if result is None:
+            self.bars.update(task, now=clause)
+            return
+        if result.outcome not in (PASS, "n/a"):
+            self.failures[target] += 1
+            self.bars.console.print(f"{self.prefix}{target}: {clause} {result.outcome}: {result.message[:200]}",
+                                    markup=False, highlight=False)
+        self.bars.update(task, advance=1, failures=self.failures[target], now="")
 
 
 def positive_seconds(text: str) -> float:

@@ -69,6 +69,11 @@ def test_a_failure_carries_its_repro_reruns_and_waivers_gate_it(local_host: LabH
                      "--report-dir", str(first)]) == 1
     out = capsys.readouterr().out
     data = json.loads((first / "conformance.json").read_text())
+    import jsonschema
+
+    from jobkit.conformance.report import schema_path
+    jsonschema.validate(data, json.loads(schema_path().read_text()))
+    assert data["exit_code"] == 1
     failed = [r for r in data["results"] if r["outcome"] != "pass"]
     assert [r["clause"] for r in failed] == ["W-18"]
     repro = failed[0]["repro"]

@@ -185,3 +185,26 @@ def test_github_annotations_one_per_failed_must_clause_and_a_markdown_matrix() -
     assert "| W-1 | MUST |" in md
     assert "a-very-long-target-name-that-is-never-cut" in md
     assert "a-very-long-target-name-that-is-never-cut" in terminal(results, {}).splitlines()[0]
+
+
+def test_the_live_progress_shows_done_of_total_and_failures_per_target() -> None:
+    import io
+
+    from rich.console import Console
+
+    from jobkit.conformance.cli import LiveProgress
+
+    out = io.StringIO()
+    long_name = "debian-bookworm-with-a-long-name"
+    live = LiveProgress([long_name, "local"], 3, console=Console(file=out, width=160, force_terminal=False))
+    live.start()
+    live.update(long_name, "W-1", None)
+    live.update(long_name, "W-1", res("W-1", long_name, FAIL, message="expected x, found y"))
+    live.update(long_name, "W-2", res("W-2", long_name, PASS))
+    live.update("local", "W-1", res("W-1", "local", NA))
+    live.stop()
+    text = out.getvalue()
+    assert f"{long_name}: W-1 FAIL: expected x, found y" in text
+    final = text.splitlines()[-2:]
+    assert any(long_name in line and "2/3" in line and "1 failed" in line for line in final), final
+    assert any(line.startswith("local") and "1/3" in line and "0 failed" in line for line in final), final
