@@ -35,7 +35,7 @@ def run_deviants(lab: Lab, tmp_path: Path) -> dict[str, list[Result]]:
         try:  # short waits: a deviant wrapper's answer comes at once or never
             return await run_target(TargetSpec(host.target, t, host), wrapper=wrapper, schema=SCHEMA,
                                     base_dir=f"~/.conf-deviant-{name}", clauses=CLAUSES, progress=lambda *_: None,
-                                    clause_timeout=3 if name == "hangs" else 30, patience=0.1)
+                                    clause_timeout=2 if name == "hangs" else 30, patience=0.05)
         finally:
             await t.close()
 
