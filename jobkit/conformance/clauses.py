@@ -501,17 +501,25 @@ async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncSt
     return store, name, job
 
 
-def verdict_of(report: Any, job: str) -> Verdict:
+def verdict_of(report: Any, job: str, store: AsyncStore | None = None) -> Verdict:
+    """jobkit's verdict on ``job`` in a reconciliation report; none is a failure that says why it
+    may be missing (a job already final in the store is not reconciled again)."""
     for v in report.verdicts:
         if v.job_id == job:
             return v  # type: ignore[no-any-return]
-    raise AssertionError(f"expected the reconciler to give a verdict on {job}; it gave none "
-                         f"({len(report.verdicts)} verdict(s) on other jobs)")
+    known = ""
+    if store is not None:
+        try:
+            rec = store.sync.job(job)
+            known = f"; jobkit's store already holds it as {rec.status.value} (a final status is never revisited)"
+        except Exception:
+            known = "; jobkit's store does not know it"
+    raise AssertionError(f"expected the reconciler to give a verdict on {job}; it gave none{known}")
 
 
 async def _reconcile(ctx: Ctx, store: AsyncStore, name: str, job: str, grace: float = 30.0) -> tuple[Any, Verdict]:
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=grace)
-    v = verdict_of(report, job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add(f"reconcile {job}", v.log_line())
     return report, v
 
@@ -620,7 +628,7 @@ async def r7(ctx: Ctx) -> None:
             elapsed = time.monotonic() - start
         if fresh is not ctx.t:
             await fresh.close()
-        v = verdict_of(report, job)
+        v = verdict_of(report, job, store)
         ctx.evidence.add(f"{fault.name}", f"{elapsed:.2f}s {v.log_line()}")
         assert elapsed < 6, f"{fault.name}: answered after {elapsed:.1f}s"
         want_verdict(v, f"{fault.name}: running, stale", (v.status, v.stale) == (JobStatus.RUNNING, True))
@@ -636,10 +644,10 @@ async def r9(ctx: Ctx) -> None:
     await store.call(store.sync.add_job, job, name, ["true"], time.time() - 120)
     await ctx.insert_row(job)  # the client queued it; the launch never happened
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=600)
-    early = verdict_of(report, job)
+    early = verdict_of(report, job, store)
     want_verdict(early, "queued within the grace period", early.status is JobStatus.QUEUED)
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=30)
-    v = verdict_of(report, job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add("reconcile", v.log_line())
     want_verdict(v, "failed after the grace period", v.status is JobStatus.FAILED)
     want_verdict(v, f"the reason {NEVER_STARTED_REASON!r}", v.reason.startswith(NEVER_STARTED_REASON))
@@ -668,7 +676,7 @@ async def r8(ctx: Ctx) -> None:
         await fresh.close()
     finally:
         await inj.restore()
-    v = verdict_of(report, job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add("after reboot", v.log_line())
     want_verdict(v, "lost, exit status unknown", (v.status, v.exit_code) == (JobStatus.LOST, None))
     want_verdict(v, "a reason saying the host rebooted", "rebooted" in v.reason)
