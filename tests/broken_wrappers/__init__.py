@@ -80,6 +80,23 @@ class Deviant:
     text: str = ""  # or a whole script of its own
 
 
+ORIGINAL_STYLE = r"""#!/bin/bash
+job_id=$1; shift
+base=${JOBKIT_BASE_DIR:-$HOME/.jobkit}
+state=$base/jobs/$job_id.status
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "{\"id\":\"$job_id\",\"status\":\"running\",\"user\":\"$USER\",\"started_at\":\"$started\"}" >"$state"
+sqlite3 "$base/server.db" "UPDATE jobs SET status='running', started_at='$started' WHERE id='$job_id'"
+"$@"
+rc=$?
+if [[ $rc -eq 0 ]]; then st=completed; else st=failed; fi
+done_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "{\"id\":\"$job_id\",\"status\":\"$st\",\"exit_code\":$rc,\"user\":\"$USER\",\
+\"started_at\":\"$started\",\"completed_at\":\"$done_at\"}" >"$state"
+sqlite3 "$base/server.db" "UPDATE jobs SET status='$st', exit_code=$rc, completed_at='$done_at' WHERE id='$job_id'"
+exit $rc
+"""
+
 _WRITE_STATE = "write_state() { # [running|final|annotate]; writes through the temp file $wtmp"
 _STATE_WRITE = "  back=\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"
 
@@ -96,13 +113,17 @@ DEVIANTS: tuple[Deviant, ...] = (
             (("db_update() { # SET-clause [running];", "db_update() { db_state=ok; return 0; }\n_unused() { #"),)),
     Deviant("exits_at_once", "exits 0 at once, doing nothing", text="#!/bin/sh\nexit 0\n"),
     Deviant("hangs", "hangs before doing anything", text="#!/bin/sh\nexec sleep 3600\n"),
+    Deviant("bash_no_traps", "a bash wrapper in the style of the original design: no pid field, no traps, the job "
+                             "in the foreground, the state file written in place, the id pasted into SQL",
+            text=ORIGINAL_STYLE),
 )
 
 
 def deviant_text(d: Deviant) -> str:
     header = f"#!/bin/sh\n# DEVIATES FROM THE PROTOCOL ({d.name}): {d.description}\n"
     if d.text:
-        return header + d.text.removeprefix("#!/bin/sh\n")
+        shebang, _, rest = d.text.partition("\n")
+        return header.replace("#!/bin/sh", shebang, 1) + rest
     text = (wrapper_dir() / "job_wrapper.sh").read_text()
     for old, new in d.edits:
         if text.count(old) != 1:
