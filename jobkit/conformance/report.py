@@ -54,8 +54,13 @@ def terminal(results: list[Result], labels: dict[str, str]) -> str:
         lines.append(f"{labels.get(t, t)}: {counts[PASS]} pass, {counts[FAIL]} FAIL, {counts[ERROR]} error, "
                      f"{counts[NA]} n/a, {counts[WAIVED]} waived, {counts[FLAKY]} flaky, "
                      f"{sum(r.seconds for r in rs):.0f}s")
-    for r in results:
-        if r.outcome in BAD:
+    groups = (("Failures (the wrapper does not meet the clause)", (FAIL, FLAKY)),
+              ("Errors (the suite or the target broke: nothing is known of the wrapper here)", (ERROR,)))
+    for heading, outcomes in groups:
+        rs = [r for r in results if r.outcome in outcomes]
+        if rs:
+            lines += ["", heading + ":"]
+        for r in rs:
             lines.append(f"\n{r.outcome} {r.clause} on {labels.get(r.target, r.target)}: {r.message[:600]}")
             if r.repro:
                 lines.append(f"  rerun: {r.repro}")
