@@ -2,6 +2,8 @@
 
 A check raises AssertionError (the clause fails, with its message) or NotApplicable (the fault
 cannot be made on this target); anything else is an error of the suite. Keep SPEC.md in step.
+A message names what was expected and what was found. (PYTEST_DONT_REWRITE: a clause's message
+is the same under pytest as on the command line.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobkit.conformance.context import Ctx
+from jobkit.conformance.context import Ctx, parse_state
 from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
 from jobkit.history import check_history
 from jobkit.hosts import HostSpec
@@ -64,6 +66,17 @@ def _history_checked(fn: Check) -> Check:
     return checked
 
 
+def says(d: object) -> str:
+    """A state file or a row, compact, for a message."""
+    return json.dumps(d, default=str)[:400]
+
+
+def want_verdict(v: Verdict, what: str, ok: bool) -> None:
+    """An R clause's check of jobkit's verdict: what was expected, and the verdict found."""
+    if not ok:
+        raise AssertionError(f"expected the reconciler to decide {what}; it decided: {v.log_line()}")
+
+
 def need(ctx: Ctx, fault: Fault) -> None:
     if not applicable(fault, ctx.host.kind):
         raise NotApplicable(f"{fault.name} cannot be made on a {ctx.host.kind} target")
@@ -71,9 +84,10 @@ def need(ctx: Ctx, fault: Fault) -> None:
 
 async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: float = 20) -> dict[str, object]:
     st = await ctx.wait_state(job, ("completed", "failed"), seconds)
-    assert (st.get("status"), st.get("exit_code")) == (status, code), f"state file: {st}"
+    assert (st.get("status"), st.get("exit_code")) == (status, code), \
+        f"expected the state file of {job} to say {status}/{code}; it says {says(st)}"
     row = await ctx.wait_row(job, status, seconds)
-    assert row.get("exit_code") == code, f"row: {row}"
+    assert row.get("exit_code") == code, f"expected the row of {job} to say {status}/{code}; it says {says(row)}"
     return st
 
 
@@ -82,17 +96,17 @@ async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: flo
 async def w1(ctx: Ctx) -> None:
     job = await ctx.new_job("ok")
     r = await ctx.run(job, ["sh", "-c", "exit 0"])
-    assert r.exit_status == 0, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 0, f"expected the wrapper to exit 0, found exit {r.exit_status}"
     st = await final_in_both(ctx, job, "completed", 0)
     for key in ("id", "user", "started_at", "completed_at"):
-        assert st.get(key) not in (None, ""), f"state file lacks {key}: {st}"
+        assert st.get(key) not in (None, ""), f"expected the state file of {job} to record {key}; it says {says(st)}"
 
 
 @clause("W-2", "exit N is recorded failed/N in both stores; the wrapper exits N", "2")
 async def w2(ctx: Ctx) -> None:
     job = await ctx.new_job("exit")
     r = await ctx.run(job, ["sh", "-c", "exit 3"])
-    assert r.exit_status == 3, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 3, f"expected the wrapper to exit 3 (its job's status), found exit {r.exit_status}"
     await final_in_both(ctx, job, "failed", 3)
 
 
@@ -102,8 +116,7 @@ async def w3(ctx: Ctx) -> None:
     job = await ctx.new_job("term")
     wpid = await ctx.start_tmux(job, ["sleep", "100"])
     st = await ctx.wait_state(job, ("running",))
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
-    assert pgid > 0, f"running state records no pid: {st}"
+    pgid = ctx.pid(job, st, "pgid")
     assert pgid != wpid, "the job runs in the wrapper's own process (foreground)"
     await ctx.sh(f"kill -s TERM {wpid}")
     deadline = time.monotonic() + 2.0
@@ -129,7 +142,8 @@ async def w4(ctx: Ctx) -> None:
         await ctx.sh(f"kill -s {name} {wpid}")
     for job, _, name, n in jobs:
         st = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
-        assert (st.get("status"), st.get("exit_code")) == ("failed", 128 + n), f"SIG{name}: {st}"
+        assert (st.get("status"), st.get("exit_code")) == ("failed", 128 + n), \
+            f"SIG{name} to the wrapper: expected failed/{128 + n} in the state file; it says {says(st)}"
 
 
 @clause("W-5", "tmux kill-session on the job's session is recorded failed, never completed, no survivors", "3")
@@ -140,9 +154,10 @@ async def w5(ctx: Ctx) -> None:
     async with await inject(Fault.KILL_TMUX_SESSION, ctx.host, job_id=job):
         pass
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
-    assert fin.get("status") == "failed", f"after kill-session: {fin}"
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
-    assert not await ctx.group_alive(pgid), "job processes survived the session"
+    assert fin.get("status") == "failed", f"after tmux kill-session: expected failed; the state file says {says(fin)}"
+    pgid = ctx.pid(job, st, "pgid")
+    assert not await ctx.group_alive(pgid), \
+        f"expected no process of the job's group {pgid} after kill-session; some survived"
 
 
 @clause("W-6", "tmux kill-server is recorded failed, never completed", "3")
@@ -153,7 +168,7 @@ async def w6(ctx: Ctx) -> None:
     async with await inject(Fault.KILL_TMUX_SERVER, ctx.host):
         pass
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 10)
-    assert fin.get("status") == "failed", f"after kill-server: {fin}"
+    assert fin.get("status") == "failed", f"after tmux kill-server: expected failed; the state file says {says(fin)}"
 
 
 @clause("W-7", "a job that ignores TERM is killed (SIGKILL to its group) after the grace period", "6")
@@ -164,9 +179,10 @@ async def w7(ctx: Ctx) -> None:
     await asyncio.sleep(0.3)
     await ctx.sh(f"kill -s TERM {wpid}")
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 30)
-    assert fin.get("status") == "failed", fin
-    pgid = int(st.get("pgid") or st.get("pid") or 0)
-    assert not await ctx.group_alive(pgid), "the job survived"
+    assert fin.get("status") == "failed", f"expected failed after TERM and the grace period; it says {says(fin)}"
+    pgid = ctx.pid(job, st, "pgid")
+    assert not await ctx.group_alive(pgid), \
+        f"expected the job (group {pgid}, ignoring TERM) killed after the grace period; it is still alive"
 
 
 @clause("W-8", "at start the wrapper records pid, process group, process start time (/proc field 22) and the "
@@ -175,17 +191,23 @@ async def w8(ctx: Ctx) -> None:
     job = await ctx.new_job("facts")
     await ctx.start(job, ["sleep", "3"])
     st = await ctx.wait_state(job, ("running",))
-    pid = st.get("pid")
-    assert isinstance(pid, int), f"no pid: {st}"
-    r = await ctx.sh(f"l=$(cat /proc/{pid}/stat); set -- ${{l##*') '}}; echo \"$3 ${{20}}\"; "
+    pid = ctx.pid(job, st)
+    r = await ctx.sh(f"l=$(cat /proc/{pid}/stat) || exit 1; set -- ${{l##*') '}}; echo \"$3 ${{20}}\"; "
                      "cat /proc/sys/kernel/random/boot_id")
-    pgrp, start, boot = r.stdout.split()
-    assert st.get("pgid") == int(pgrp), f"pgid {st.get('pgid')} != {pgrp}"
-    assert st.get("proc_start") == int(start), f"proc_start {st.get('proc_start')} != {start}"
-    assert st.get("boot_id") == boot, f"boot_id {st.get('boot_id')} != {boot}"
+    facts = r.stdout.split()
+    if r.exit_status != 0 or len(facts) != 3:
+        raise AssertionError(f"expected the recorded pid {pid} to be the running job's process; found no such "
+                             f"process (exit {r.exit_status})")
+    pgrp, start, boot = facts
+    assert st.get("pgid") == int(pgrp), f"expected pgid {pgrp} (from /proc); the state file says {st.get('pgid')!r}"
+    assert st.get("proc_start") == int(start), \
+        f"expected proc_start {start} (/proc field 22); the state file says {st.get('proc_start')!r}"
+    assert st.get("boot_id") == boot, f"expected boot_id {boot}; the state file says {st.get('boot_id')!r}"
     import re
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(st.get("started_at"))), st.get("started_at")
-    assert isinstance(st.get("started_epoch"), int), "no started_epoch"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(st.get("started_at"))), \
+        f"expected started_at as YYYY-MM-DDTHH:MM:SSZ; the state file says {st.get('started_at')!r}"
+    assert isinstance(st.get("started_epoch"), int), \
+        f"expected started_epoch as integer seconds; the state file says {st.get('started_epoch')!r}"
 
 
 @clause("W-9", "a reader never sees a partial state file: polled all through a job's life it is always one "
@@ -227,8 +249,8 @@ async def w11(ctx: Ctx) -> None:
     try:
         r = await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000", "JOBKIT_DB_RETRIES": "2"}, timeout=60)
         st = await ctx.state(job)
-        assert st is not None, "no state file"
-        assert st.get("status") == "completed", f"state file not final: {st}"
+        assert st is not None, f"expected a final state file for {job}; there is none"
+        assert st.get("status") == "completed", f"expected a final state file (completed); it says {says(st)}"
         row = await ctx.row(job) if inj._task is not None and inj._task.done() else None
         if row is None or row.get("status") != "completed":
             assert r.stderr.strip(), "the database write failed without a warning on stderr"
@@ -245,11 +267,12 @@ async def _db_fault_clause(ctx: Ctx, fault: Fault | None, tag: str, prepare: str
         if prepare:
             await ctx.sh(prepare)
         r = await ctx.run(job, ["sh", "-c", "exit 4"], timeout=60)
-        assert r.exit_status == 4, f"wrapper exit {r.exit_status}: the job's status is lost"
+        assert r.exit_status == 4, f"expected the wrapper to exit 4 (its job's status), found exit {r.exit_status}"
         st = await ctx.state(job)
-        assert st is not None, "no state file"
-        assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
-        assert r.stderr.strip(), "no warning on stderr"
+        assert st is not None, f"expected a final state file for {job}; there is none"
+        assert (st.get("status"), st.get("exit_code")) == ("failed", 4), \
+        f"expected the state file to say failed/4; it says {says(st)}"
+        assert r.stderr.strip(), "expected a warning on stderr about the database; stderr was empty"
         if fault is Fault.DELETED_DB:
             gone = await ctx.sh(f"test -e {ctx.b}/server.db && echo created || echo absent")
             assert "absent" in gone.stdout, "the wrapper created an empty database"
@@ -280,11 +303,12 @@ async def w15(ctx: Ctx) -> None:
     job = await ctx.new_job("nosql")
     async with await inject(Fault.MISSING_SQLITE3, ctx.host) as inj:
         r = await ctx.run(job, ["sh", "-c", "exit 4"], env=inj.env)
-    assert r.exit_status == 4, f"wrapper exit {r.exit_status}"
+    assert r.exit_status == 4, f"expected the wrapper to exit 4 (its job's status), found exit {r.exit_status}"
     st = await ctx.state(job)
-    assert st is not None, "no state file"
-    assert (st.get("status"), st.get("exit_code")) == ("failed", 4), f"state file: {st}"
-    assert r.stderr.strip(), "no warning on stderr"
+    assert st is not None, f"expected a final state file for {job}; there is none"
+    assert (st.get("status"), st.get("exit_code")) == ("failed", 4), \
+        f"expected the state file to say failed/4; it says {says(st)}"
+    assert r.stderr.strip(), "expected a warning on stderr about the database; stderr was empty"
 
 
 async def wait_exited(ctx: Ctx, pid: int, seconds: float) -> None:
@@ -316,11 +340,7 @@ async def w16(ctx: Ctx) -> None:
                               "2>/dev/null; true")
     assert raw is not None, "the state file was lost: the running state written before the disk filled is gone"
     assert raw.strip(), "an empty state file was left"
-    try:
-        st = json.loads(raw)
-    except ValueError:
-        raise AssertionError(f"a partial or broken state file was left: {raw[:300]!r}") from None
-    assert isinstance(st, dict), f"the state file is not one JSON object: {raw[:300]!r}"
+    st = parse_state(job, raw)
     if st.get("status") == "running":  # the final write failed: the previous state kept, and said so
         assert (st.get("id"), st.get("pid")) == (before.get("id"), before.get("pid")), \
             f"the state file is not the previous running state: {st} (before: {before})"
@@ -340,11 +360,12 @@ async def w17(ctx: Ctx) -> None:
     before = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
     for bad in HOSTILE_IDS:
         r = await ctx.run(bad, ["touch", f"{ctx.base_abs}/.conformance/ran"])
-        assert r.exit_status != 0, f"id {bad!r} accepted"
+        assert r.exit_status != 0, f"expected the job id {bad!r} to be refused (non-zero exit); the wrapper exited 0"
     after = await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db .dump | md5sum; ls -a {ctx.b}/jobs | md5sum")
-    assert before.stdout == after.stdout, "the database or the jobs directory changed"
+    assert before.stdout == after.stdout, \
+        "expected the database and the jobs directory unchanged after refused ids; one of them changed"
     r = await ctx.sh(f"test -e {ctx.b}/.conformance/ran || test -e /tmp/jobkit-pwned && echo ran || echo clean")
-    assert "clean" in r.stdout, "the job ran, or the id was executed"
+    assert "clean" in r.stdout, "expected no job to run for a refused id; the job ran, or the id was executed"
 
 
 @clause("W-18", "every JSON string in the state file is escaped: hostile user names round-trip", "16")
@@ -352,13 +373,9 @@ async def w18(ctx: Ctx) -> None:
     job = await ctx.new_job("esc")
     weird = 'q"u\\o\tte\x01$(x)é'
     await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
-    raw = await ctx.state_raw(job)
-    assert raw is not None, "no state file"
-    try:
-        st = json.loads(raw)
-    except ValueError as exc:
-        raise AssertionError(f"state file is not valid JSON ({exc}): {raw[:300]}") from None
-    assert st.get("user") == weird, f"user recorded as {st.get('user')!r}"
+    st = await ctx.state(job)
+    assert st is not None, f"expected a state file for {job}; there is none"
+    assert st.get("user") == weird, f"expected user {weird!r} to round-trip; the state file says {st.get('user')!r}"
 
 
 @clause("W-19", "the job inherits no descriptor on the wrapper's files or locks, and a long job never blocks "
@@ -368,16 +385,16 @@ async def w19(ctx: Ctx) -> None:
     await ctx.start(long_job, ["sleep", "30"])
     st = await ctx.wait_state(long_job, ("running",))
     # descriptors 0-2 are the job's own output (redirected by the suite); anything else is inherited
-    fds = await ctx.sh(f"for f in /proc/{st['pid']}/fd/*; do case ${{f##*/}} in 0|1|2) ;; "
+    fds = await ctx.sh(f"for f in /proc/{ctx.pid(long_job, st)}/fd/*; do case ${{f##*/}} in 0|1|2) ;; "
                        "*) readlink \"$f\";; esac; done")
     assert ctx.base_abs not in fds.stdout, f"the job holds descriptors under the base directory:\n{fds.stdout}"
     start = time.monotonic()
     await ctx.run(short_job, ["true"], timeout=30)
     fin = await ctx.state(short_job)
-    assert fin is not None, "second job: no state file"
-    assert fin.get("status") == "completed", f"second job: {fin}"
+    assert fin is not None, "expected a state file for the second job; there is none"
+    assert fin.get("status") == "completed", f"expected the second job completed; its state file says {says(fin)}"
     assert time.monotonic() - start < 10, "the second job's write waited for the first job"
-    await ctx.sh(f"kill -s TERM {st.get('wrapper_pid') or st['pid']} 2>/dev/null; true")
+    await ctx.sh(f"kill -s TERM {int(st.get('wrapper_pid') or ctx.pid(long_job, st))} 2>/dev/null; true")
 
 
 @clause("W-20", "timestamps are recorded without `date -I` (a date(1) that lacks it)", "18")
@@ -386,10 +403,10 @@ async def w20(ctx: Ctx) -> None:
     async with await inject(Fault.NO_DATE_ISO, ctx.host) as inj:
         await ctx.run(job, ["true"], env=inj.env)
     st = await ctx.state(job)
-    assert st is not None, "no state file"
-    assert st.get("status") == "completed", f"state file: {st}"
+    assert st is not None, f"expected a final state file for {job}; there is none"
+    assert st.get("status") == "completed", f"expected completed without date -I; the state file says {says(st)}"
     for key in ("started_at", "completed_at"):
-        assert str(st.get(key) or "").endswith("Z"), f"{key} = {st.get(key)!r}"
+        assert str(st.get(key) or "").endswith("Z"), f"expected {key} in UTC ending in Z; it is {st.get(key)!r}"
 
 
 @clause("W-21", "the wrapper is POSIX sh: run by the host's /bin/sh it records a clean job", "18")
@@ -406,7 +423,8 @@ async def w22(ctx: Ctx) -> None:
     job = ctx.new_id("epipe")  # no row: the wrapper has a warning to write, into a closed pipe
     await ctx.run(job, ["sh", "-c", "sleep 0.5; exit 2"], redirect="2>&1 | true")
     st = await ctx.wait_state(job, ("completed", "failed"), seconds=10)
-    assert (st.get("status"), st.get("exit_code")) == ("failed", 2), f"state file: {st}"
+    assert (st.get("status"), st.get("exit_code")) == ("failed", 2), \
+        f"expected failed/2 despite the broken pipe; the state file says {says(st)}"
 
 
 @clause("W-23", "a job id already used is refused and the first record kept", "16", must=False)
@@ -415,8 +433,8 @@ async def w23(ctx: Ctx) -> None:
     await ctx.run(job, ["true"])
     first = await ctx.state_raw(job)
     r = await ctx.run(job, ["sh", "-c", "exit 9"])
-    assert r.exit_status not in (0, 9), f"second use of the id ran (exit {r.exit_status})"
-    assert await ctx.state_raw(job) == first, "the first record was overwritten"
+    assert r.exit_status not in (0, 9), f"expected a second use of the id to be refused; it ran (exit {r.exit_status})"
+    assert await ctx.state_raw(job) == first, "expected the first record of the id kept; it was overwritten"
 
 
 
@@ -483,9 +501,25 @@ async def _reconcile_setup(ctx: Ctx, tag: str, argv: list[str]) -> tuple[AsyncSt
     return store, name, job
 
 
+def verdict_of(report: Any, job: str, store: AsyncStore | None = None) -> Verdict:
+    """jobkit's verdict on ``job`` in a reconciliation report; none is a failure that says why it
+    may be missing (a job already final in the store is not reconciled again)."""
+    for v in report.verdicts:
+        if v.job_id == job:
+            return v  # type: ignore[no-any-return]
+    known = ""
+    if store is not None:
+        try:
+            rec = store.sync.job(job)
+            known = f"; jobkit's store already holds it as {rec.status.value} (a final status is never revisited)"
+        except Exception:
+            known = "; jobkit's store does not know it"
+    raise AssertionError(f"expected the reconciler to give a verdict on {job}; it gave none{known}")
+
+
 async def _reconcile(ctx: Ctx, store: AsyncStore, name: str, job: str, grace: float = 30.0) -> tuple[Any, Verdict]:
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=grace)
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add(f"reconcile {job}", v.log_line())
     return report, v
 
@@ -521,7 +555,8 @@ async def r2(ctx: Ctx) -> None:
         start = time.monotonic()
         _, v = await _reconcile(ctx, store, name, job)
         assert time.monotonic() - start < 6
-    assert (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 6, Source.STATE_FILE), v.log_line()
+    want_verdict(v, "failed/6 from the state file", (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 6,
+                                                                                           Source.STATE_FILE))
 
 
 @clause("R-3", "state file deleted: the answer comes from the database", "20")
@@ -531,7 +566,8 @@ async def r3(ctx: Ctx) -> None:
     await ctx.wait_row(job, "failed")
     async with await inject(Fault.DELETED_STATE_FILE, ctx.host, job_id=job):
         _, v = await _reconcile(ctx, store, name, job)
-    assert (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 5, Source.DATABASE), v.log_line()
+    want_verdict(v, "failed/5 from the database",
+                 (v.status, v.exit_code, v.source) == (JobStatus.FAILED, 5, Source.DATABASE))
 
 
 @clause("R-4", "database row and state file both gone, the process alive: running, decided by liveness", "7, 23")
@@ -543,7 +579,7 @@ async def r4(ctx: Ctx) -> None:
     async with await inject(Fault.DELETED_STATE_FILE, ctx.host, job_id=job):
         _, v = await _reconcile(ctx, store, name, job)
         await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
-    assert (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS), v.log_line()
+    want_verdict(v, "running, by liveness", (v.status, v.source) == (JobStatus.RUNNING, Source.LIVENESS))
 
 
 @clause("R-5", "wrapper and job SIGKILLed: running within the grace period; after it `lost`, 'possible "
@@ -551,16 +587,17 @@ async def r4(ctx: Ctx) -> None:
 async def r5(ctx: Ctx) -> None:
     store, name, job = await _reconcile_setup(ctx, "rkill", ["sleep", "60"])
     st = await ctx.wait_state(job, ("running",))
+    ctx.pid(job, st)  # what the reconciler decides liveness by (and the fault kills)
     await _reconcile(ctx, store, name, job)
     async with await inject(Fault.SIGKILL_WRAPPER, ctx.host, job_id=job):
         await (await inject(Fault.SIGKILL_JOB_GROUP, ctx.host, job_id=job)).restore()
-    await ctx.wait_gone(int(st.get("pgid") or st.get("pid") or 0), st.get("wrapper_pid"))
+    await ctx.wait_gone(ctx.pid(job, st, "pgid"), st.get("wrapper_pid"))
     _, within = await _reconcile(ctx, store, name, job, grace=60)
     assert within.status is JobStatus.RUNNING, f"not running within the grace period: {within.log_line()}"
     _, v = await _reconcile(ctx, store, name, job, grace=0)
-    assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
-    assert v.reason.startswith(SIGKILL_REASON), v.log_line()
-    assert UNKNOWN_EXIT in v.reason, v.log_line()
+    want_verdict(v, "lost, exit status unknown", (v.status, v.exit_code) == (JobStatus.LOST, None))
+    want_verdict(v, f"the reason {SIGKILL_REASON!r}", v.reason.startswith(SIGKILL_REASON))
+    want_verdict(v, f"a reason saying {UNKNOWN_EXIT!r}", UNKNOWN_EXIT in v.reason)
 
 
 @clause("R-6", "a final state beats `running`: database says running, state file says completed", "20")
@@ -571,7 +608,7 @@ async def r6(ctx: Ctx) -> None:
     await ctx.sh(f"sqlite3 -cmd '.timeout 5000' {ctx.b}/server.db \"UPDATE jobs SET status = 'running', "
                  f"exit_code = NULL WHERE id = '{job}'\"")
     _, v = await _reconcile(ctx, store, name, job)
-    assert (v.status, v.source) == (JobStatus.COMPLETED, Source.STATE_FILE), v.log_line()
+    want_verdict(v, "completed from the state file", (v.status, v.source) == (JobStatus.COMPLETED, Source.STATE_FILE))
 
 
 @clause("R-7", "an unreachable or slow host is unavailable: last status kept, stale, never failed, answered "
@@ -591,10 +628,10 @@ async def r7(ctx: Ctx) -> None:
             elapsed = time.monotonic() - start
         if fresh is not ctx.t:
             await fresh.close()
-        v = next(v for v in report.verdicts if v.job_id == job)
+        v = verdict_of(report, job, store)
         ctx.evidence.add(f"{fault.name}", f"{elapsed:.2f}s {v.log_line()}")
         assert elapsed < 6, f"{fault.name}: answered after {elapsed:.1f}s"
-        assert (v.status, v.stale) == (JobStatus.RUNNING, True), v.log_line()
+        want_verdict(v, f"{fault.name}: running, stale", (v.status, v.stale) == (JobStatus.RUNNING, True))
     await ctx.sh(f"tmux -S {ctx.b}/tmux.sock kill-session -t ={job}; true")
 
 
@@ -607,13 +644,13 @@ async def r9(ctx: Ctx) -> None:
     await store.call(store.sync.add_job, job, name, ["true"], time.time() - 120)
     await ctx.insert_row(job)  # the client queued it; the launch never happened
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=600)
-    early = next(v for v in report.verdicts if v.job_id == job)
-    assert early.status is JobStatus.QUEUED, early.log_line()
+    early = verdict_of(report, job, store)
+    want_verdict(early, "queued within the grace period", early.status is JobStatus.QUEUED)
     report = await reconcile_host(ctx.t, store, name, base_dir=ctx.base_abs, grace=30)
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add("reconcile", v.log_line())
-    assert v.status is JobStatus.FAILED, v.log_line()
-    assert v.reason.startswith(NEVER_STARTED_REASON), v.log_line()
+    want_verdict(v, "failed after the grace period", v.status is JobStatus.FAILED)
+    want_verdict(v, f"the reason {NEVER_STARTED_REASON!r}", v.reason.startswith(NEVER_STARTED_REASON))
     marker = f"{ctx.base_abs}/.conformance/ran-{job}"
     late = await ctx.run(job, ["touch", marker])  # the launch that was still in flight
     ran = await ctx.sh(f"test -e {shlex.quote(marker)} && echo ran || echo no")
@@ -639,7 +676,28 @@ async def r8(ctx: Ctx) -> None:
         await fresh.close()
     finally:
         await inj.restore()
-    v = next(v for v in report.verdicts if v.job_id == job)
+    v = verdict_of(report, job, store)
     ctx.evidence.add("after reboot", v.log_line())
-    assert (v.status, v.exit_code) == (JobStatus.LOST, None), v.log_line()
-    assert "rebooted" in v.reason, v.log_line()
+    want_verdict(v, "lost, exit status unknown", (v.status, v.exit_code) == (JobStatus.LOST, None))
+    want_verdict(v, "a reason saying the host rebooted", "rebooted" in v.reason)
+
+
+# --- what each clause needs of a target (`jobkit conformance --list`) ---------------------------
+BASE_NEEDS = "POSIX sh, sqlite3, /proc"
+TMUX = "tmux"
+NEEDS: dict[str, str] = {
+    **{c: TMUX for c in ("W-3", "W-4", "W-5", "W-6", "W-7", "R-2", "R-3", "R-4", "R-6")},
+    "W-10": "a second sqlite3 connection holding the database",
+    "W-11": "a second sqlite3 connection holding the database",
+    "W-12": "the database removed and restored", "W-13": "the database replaced and restored",
+    "W-15": "a PATH shim without sqlite3", "W-20": "a PATH shim whose date(1) lacks -I",
+    "W-16": "root and mount (tmpfs + overlay): local run as root or a lab container; n/a on ssh:// hosts",
+    "R-5": "tmux; SIGKILL of the wrapper and the job's group",
+    "R-7": "tmux; a host that can be paused or made unreachable: local or a lab container; n/a on ssh:// hosts",
+    "R-8": "a lab container (a simulated reboot changes the boot id); n/a on local and ssh:// hosts",
+}
+
+
+def needs(cid: str) -> str:
+    extra = NEEDS.get(cid)
+    return f"{BASE_NEEDS}; {extra}" if extra else BASE_NEEDS

@@ -69,6 +69,76 @@ BUGS: tuple[Bug, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Deviant:
+    """A wrapper that deviates from the protocol itself (not one bug of a conforming wrapper): the
+    suite must give a clean verdict (pass, FAIL with a sentence, n/a, error) on every clause."""
+
+    name: str
+    description: str
+    edits: tuple[tuple[str, str], ...] = ()  # patches of jobkit's wrapper, as for a Bug
+    text: str = ""  # or a whole script of its own
+
+
+ORIGINAL_STYLE = r"""#!/bin/bash
+job_id=$1; shift
+base=${JOBKIT_BASE_DIR:-$HOME/.jobkit}
+state=$base/jobs/$job_id.status
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "{\"id\":\"$job_id\",\"status\":\"running\",\"user\":\"$USER\",\"started_at\":\"$started\"}" >"$state"
+sqlite3 "$base/server.db" "UPDATE jobs SET status='running', started_at='$started' WHERE id='$job_id'"
+"$@"
+rc=$?
+if [[ $rc -eq 0 ]]; then st=completed; else st=failed; fi
+done_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "{\"id\":\"$job_id\",\"status\":\"$st\",\"exit_code\":$rc,\"user\":\"$USER\",\
+\"started_at\":\"$started\",\"completed_at\":\"$done_at\"}" >"$state"
+sqlite3 "$base/server.db" "UPDATE jobs SET status='$st', exit_code=$rc, completed_at='$done_at' WHERE id='$job_id'"
+exit $rc
+"""
+
+_WRITE_STATE = "write_state() { # [running|final|annotate]; writes through the temp file $wtmp"
+_STATE_WRITE = "  back=\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"
+
+DEVIANTS: tuple[Deviant, ...] = (
+    Deviant("no_pid", "the state file has no pid, pgid or wrapper_pid field",
+            (('\\"pid\\":$t_pid,\\"pgid\\":$t_pid,', ""), ('\\"wrapper_pid\\":$$,', ""))),
+    Deviant("no_state_file", "never writes a state file",
+            ((_WRITE_STATE, "write_state() { return 0; }\n_unused() {"),)),
+    Deviant("empty_state_file", "writes an empty state file",
+            ((_WRITE_STATE, 'write_state() { : >"$state"; return 0; }\n_unused() {'),)),
+    Deviant("array_state_file", "writes the state as a JSON array holding the object",
+            ((_STATE_WRITE, '  json="[$json]"\n' + _STATE_WRITE),)),
+    Deviant("db_never_updated", "never updates the server database (and says nothing about it)",
+            (("db_update() { # SET-clause [running];", "db_update() { db_state=ok; return 0; }\n_unused() { #"),)),
+    Deviant("exits_at_once", "exits 0 at once, doing nothing", text="#!/bin/sh\nexit 0\n"),
+    Deviant("hangs", "hangs before doing anything", text="#!/bin/sh\nexec sleep 3600\n"),
+    Deviant("bash_no_traps", "a bash wrapper in the style of the original design: no pid field, no traps, the job "
+                             "in the foreground, the state file written in place, the id pasted into SQL",
+            text=ORIGINAL_STYLE),
+)
+
+
+def deviant_text(d: Deviant) -> str:
+    header = f"#!/bin/sh\n# DEVIATES FROM THE PROTOCOL ({d.name}): {d.description}\n"
+    if d.text:
+        shebang, _, rest = d.text.partition("\n")
+        return header.replace("#!/bin/sh", shebang, 1) + rest
+    text = (wrapper_dir() / "job_wrapper.sh").read_text()
+    for old, new in d.edits:
+        if text.count(old) != 1:
+            raise ValueError(f"{d.name}: the patch no longer matches the wrapper exactly once: {old[:60]!r}")
+        text = text.replace(old, new)
+    return header + text.removeprefix("#!/bin/sh\n")
+
+
+def write_deviant(d: Deviant, directory: Path) -> Path:
+    path = directory / f"{d.name}.sh"
+    path.write_text(deviant_text(d))
+    path.chmod(0o755)
+    return path
+
+
 def broken_text(bug: Bug) -> str:
     text = (wrapper_dir() / "job_wrapper.sh").read_text()
     for old, new in bug.edits:
