@@ -40,6 +40,9 @@ def main_conformance(args: argparse.Namespace) -> int:
     from jobkit.lab.targets import load_manifest
     from jobkit.transport_ssh import SSHTransport
 
+    if getattr(args, "mutate", False):
+        from jobkit.conformance.mutate import main_mutate
+        return main_mutate(args)
     # Everything the user gave is checked before anything starts (a lab, a build, a run).
     names = list(dict.fromkeys(t.strip() for raw in (args.target or []) for t in raw.split(",") if t.strip()))
     names = names or default_targets()
@@ -137,4 +140,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
     p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
+    from jobkit.conformance.mutate import register_arguments as mutate_arguments
+    mutate_arguments(p)
     p.set_defaults(handler=main_conformance)
