@@ -32,6 +32,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_save(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jobkit.lab.carry import MANIFEST, save
+
+    directory = Path(args.dir).expanduser()
+    entries = save(directory, args.targets or None)
+    for e in entries:
+        print(f"{e.kind:<7} {e.image:<28} {e.file}")
+    print(f"{len(entries)} image(s) and {MANIFEST} in {directory}; on the other machine: jobkit lab load {directory}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jobkit.lab.carry import load
+
+    directory = Path(args.dir).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    for e, what in load(directory):
+        print(f"{e.kind:<7} {e.image:<28} {what}")
+    print("jobkit lab build now finds these images up to date")
+    return 0
+
+
 def _wait_for_a_stop_signal() -> None:
     """Block until SIGINT/SIGTERM/SIGHUP (turned into KeyboardInterrupt by :mod:`jobkit.cli`),
     whichever thread the kernel hands the signal to: Python's handler wakes this fd."""
@@ -210,5 +237,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                      "(all, a target's, or by id); never a running session's")
     p.add_argument("targets", nargs="*", metavar="TARGET|ID")
     p.set_defaults(handler=cmd_down)
+    p = lsub.add_parser("save", help="save the built images (and their bases) as tarballs named by their input "
+                                     "hashes, with a manifest, to carry to a machine with no network")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="default: every offline target")
+    p.set_defaults(handler=cmd_save)
+    p = lsub.add_parser("load", help="load what `lab save` wrote, after checking every tarball's hash; "
+                                     "`lab build` is then a cache hit")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(handler=cmd_load)
     p = lsub.add_parser("ls", help="list targets, image state and lab containers")
     p.set_defaults(handler=cmd_ls)
