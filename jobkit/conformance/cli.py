@@ -37,6 +37,7 @@ def ssh_target(url: str, key: str | None, known_hosts: str | None) -> HostSpec:
 def main_conformance(args: argparse.Namespace) -> int:
     from jobkit.lab import Lab, docker_available
     from jobkit.lab.build import HASH_LABEL, build, image_label
+    from jobkit.lab.keep import KeepFailed, failed_targets
     from jobkit.lab.targets import load_manifest
     from jobkit.transport_ssh import SSHTransport
 
@@ -68,6 +69,7 @@ def main_conformance(args: argparse.Namespace) -> int:
 
     targets: list[TargetSpec] = []
     with Lab() as lab:
+        keeper = KeepFailed(lab) if args.keep_failed else None
         for name in names:
             if name in real:
                 targets.append(TargetSpec(name, SSHTransport(real[name]), None, name))
@@ -75,12 +77,14 @@ def main_conformance(args: argparse.Namespace) -> int:
             if name != "local" and not image_label(manifest[name].image, HASH_LABEL):
                 print(f"conformance: building {name} first (offline, cached afterwards)", file=sys.stderr)
                 build(name)
-            host = lab.start(name, fresh=name != "local")
+            host = keeper.start(name) if keeper and name != "local" else lab.start(name, fresh=name != "local")
             targets.append(TargetSpec(name, SSHTransport(host.spec), host, LABELS.get(name, name)))
         labels = {t.name: t.label or t.name for t in targets}
         started = time.monotonic()
         results = asyncio.run(_run(args, targets, wrapper, schema))
         seconds = time.monotonic() - started
+        if keeper:
+            keeper.decide(failed_targets(results))
     meta: dict[str, Any] = {"wrapper": str(wrapper), "schema": str(schema), "base_dir": args.base_dir or DEFAULT_BASE,
                             "targets": [labels[t.name] for t in targets], "seconds": round(seconds, 1)}
     print(terminal(results, labels))
@@ -90,6 +94,8 @@ def main_conformance(args: argparse.Namespace) -> int:
         raise JobkitError(f"the run is over but its reports could not be written to {report_dir}: {exc}") from exc
     print(f"\n{len(results)} clause results on {len(targets)} target(s) in {seconds:.0f}s; reports: "
           + ", ".join(str(p) for p in paths))
+    if keeper:
+        print(keeper.summary(failed_targets(results)))
     bad = failed_must(results)
     if bad:
         print(f"jobkit conformance: {len(bad)} MUST clause result(s) failed", file=sys.stderr)
@@ -140,6 +146,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
     p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="lab targets where a clause failed stay up after the run; the report says how to log in "
+                        "and how to remove them (jobkit lab down ID)")
     from jobkit.conformance.mutate import register_arguments as mutate_arguments
     mutate_arguments(p)
     p.set_defaults(handler=main_conformance)

@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,7 @@ class Lab:
         self.session = uuid.uuid4().hex[:12]
         self._shared: dict[str, LabHost] = {}
         self._all: list[LabHost] = []
+        self._on_close: list[Callable[[], object]] = []
         self._reaped = False
         own = workdir is None
         self.workdir = create_workdir("lab") if workdir is None else workdir
@@ -208,8 +210,16 @@ class Lab:
             self._shared[target] = host
         return host
 
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` first thing in :meth:`close` (whatever ends the session): hosts kept by
+        their caller (``keep=True``) are not the session's, and this is where their caller lets go."""
+        self._on_close.append(fn)
+
     def close(self) -> None:
         """Stop every host of the session, then remove the work directory (idempotent)."""
+        while self._on_close:
+            with contextlib.suppress(Exception):
+                self._on_close.pop()()
         hosts, self._all = self._all, []
         self._shared.clear()
         try:

@@ -77,6 +77,8 @@ def _wait_for_a_stop_signal() -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from jobkit.lab import Lab
 
+    if args.target == "local" and args.keep:
+        raise ConfigError("the local target runs inside the `jobkit lab up local` process: it cannot be kept")
     with Lab() as lab:
         if args.target == "local":
             host = lab.start("local")
@@ -232,6 +234,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = lsub.add_parser("up", help="start a target, keep it, print an ssh command line for it (and its id)")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--json", action="store_true", help="print the container's record (id, port, key, ssh) as JSON")
+    p.add_argument("--keep", action="store_true", help="keep it after this command returns, until `jobkit lab down` "
+                                                      "(what `lab up` always does for a container target)")
     p.set_defaults(handler=cmd_up)
     p = lsub.add_parser("down", help="remove containers `lab up` kept and those of sessions that are gone "
                                      "(all, a target's, or by id); never a running session's")
