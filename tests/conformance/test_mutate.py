@@ -133,3 +133,17 @@ def test_mutate_from_the_cli_writes_a_report(local_host: LabHost, tmp_path: Path
     data = json.loads((tmp_path / "mutation.json").read_text())
     assert data["score"] == {"killed": 1, "counted": 1}
     assert data["variants"][0]["killed_by"] == ["W-2"]
+
+
+# Survivors of the first measurement that were real bugs, and the clause written for each.
+CAUGHT_SINCE = {"no_signal_forward": "W-25", "grace_ignored": "W-25", "timestamp_local_time": "W-26",
+                "epoch_is_seconds_field": "W-26", "drop_db_running_update": "W-27", "sql_quote_unescaped": "W-28"}
+
+
+@pytest.mark.slow
+def test_the_clauses_written_for_survivors_kill_them(local_host: LabHost, tmp_path: Path) -> None:
+    ops = tuple(o for o in OPERATORS if o.name in CAUGHT_SINCE)
+    base, variants = _run(local_host, ops, sorted(set(CAUGHT_SINCE.values())), tmp_path)
+    assert all(o == "pass" for o, _ in base.values()), base
+    assert {v.operator: (v.outcome, v.killed_by) for v in variants} == {
+        name: (KILLED, [clause]) for name, clause in CAUGHT_SINCE.items()}
