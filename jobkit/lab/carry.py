@@ -91,7 +91,12 @@ def save(directory: Path, names: list[str] | None = None, *, targets: dict[str, 
     missing = [t.name for t in chosen if not image_label(t.image, HASH_LABEL)]
     if missing:
         raise ConfigError(f"not built here: {', '.join(missing)} (run: jobkit lab build {' '.join(missing)})")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ".jobkit-write-test").write_bytes(b"")
+        (directory / ".jobkit-write-test").unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {directory}: {exc.strerror or exc}") from None
     entries: list[Entry] = []
     bases: dict[str, str] = {}
     for t in chosen:

@@ -109,3 +109,11 @@ def test_load_of_a_directory_without_a_manifest_is_a_usage_error(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["lab", "load", str(tmp_path)]) == 2
     assert "holds no jobkit-lab.json" in capsys.readouterr().err
+
+
+def test_save_checks_its_input_before_writing_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["lab", "save", str(tmp_path / "out"), "nosuch"]) == 2
+    assert "unknown lab target 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["lab", "save", "/proc/nope", TARGET]) == 2
+    assert capsys.readouterr().err.startswith("jobkit: error: cannot write to /proc/nope")
