@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -260,7 +261,8 @@ async def run_clauses(t: Transport, lab_host: Any, wrapper: Path, schema: Path, 
                 break
     finally:
         with contextlib.suppress(Exception):  # best effort: the variant's own directory only
-            await t.run(f"tmux -S {base_abs}/tmux.sock kill-server 2>/dev/null; rm -rf -- '{base_abs}'", timeout=30)
+            q = shlex.quote(base_abs)
+            await t.run(f"tmux -S {q}/tmux.sock kill-server 2>/dev/null; rm -rf -- {q}", timeout=30)
     return out
 
 
@@ -277,9 +279,16 @@ async def run_variants(workers: list[Worker], wrapper_text: str, schema: Path, c
     original = workdir / "original.sh"
     original.write_text(wrapper_text)
     say(f"mutate: the original wrapper first ({len(clauses)} clauses)")
-    base = await asyncio.wait_for(
-        run_clauses(workers[0].transport, workers[0].lab_host, original, schema, "~/.jobkit-mutate/original",
-                    clauses, stop_at_fail=False), timeout=budget * 3)
+    try:
+        base = await asyncio.wait_for(
+            run_clauses(workers[0].transport, workers[0].lab_host, original, schema, "~/.jobkit-mutate/original",
+                        clauses, stop_at_fail=False), timeout=budget * 3)
+    except TimeoutError:
+        raise JobkitError(f"the suite did not finish on the original wrapper within {budget * 3:g}s") from None
+    except JobkitError:
+        raise
+    except Exception as exc:
+        raise JobkitError(f"the target could not run the suite on the original wrapper: {exc}") from exc
     usable = [c for c in clauses if base.get(c.id, (ERROR, ""))[0] == PASS]
     if not usable:
         raise JobkitError("no clause passes on the original wrapper: a variant cannot be told from it")
