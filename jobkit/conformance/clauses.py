@@ -457,11 +457,11 @@ async def w24(ctx: Ctx) -> None:
     await final_in_both(ctx, job, "failed", 127)
 
 @clause("W-25", "a signal to the wrapper reaches the job, which gets the grace period to clean up: a TERM handler "
-                "that takes 1 s completes", "1, 6")
+                "that takes 0.5 s completes", "1, 6")
 async def w25(ctx: Ctx) -> None:
     job = await ctx.new_job("handler")
     mark = f"{ctx.base_abs}/.conformance/{job}.cleaned"
-    handler = f"trap 'sleep 1; echo cleaned >{shlex.quote(mark)}; exit 3' TERM; sleep 100 & wait"
+    handler = f"trap 'sleep 0.5; echo cleaned >{shlex.quote(mark)}; exit 3' TERM; sleep 100 & wait"
     wpid = await ctx.start_tmux(job, ["sh", "-c", handler])
     await ctx.wait_state(job, ("running",))
     await asyncio.sleep(0.3)  # the job's shell has installed its trap
@@ -523,6 +523,18 @@ async def w28(ctx: Ctx) -> None:
     row = await ctx.row(job)
     assert row is not None, "no row"
     assert row.get("user") == weird, f"row user = {row.get('user')!r}"
+
+
+@clause("W-29", "a database lock that outlasts one busy timeout is retried: with JOBKIT_DB_TIMEOUT_MS=1000 and the "
+                "database held 3 s, the row still lands", "9", must=False)
+async def w29(ctx: Ctx) -> None:
+    job = await ctx.new_job("retry")
+    inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=3)
+    try:
+        await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000"}, timeout=60)
+    finally:
+        await inj.restore()
+    await final_in_both(ctx, job, "completed", 0, seconds=10)
 
 
 # --- R: the reconciler (jobkit's, over what the wrapper leaves on the host) -----------------
