@@ -75,3 +75,34 @@ def test_a_target_where_everything_passed_is_not_kept(tmp_path: Path, capsys: py
 def test_lab_up_local_cannot_be_kept(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["lab", "up", "local", "--keep"]) == 2
     assert "cannot be kept" in capsys.readouterr().err
+
+
+def test_a_run_that_ends_early_keeps_nothing() -> None:
+    from jobkit.lab import Lab
+    from jobkit.lab.keep import KeepFailed
+
+    build(TARGET)
+    before = kept_ids()
+    with Lab() as lab:
+        keeper = KeepFailed(lab)
+        host = keeper.start(TARGET)
+        cid = host.container_id
+        assert cid in kept_ids()
+        keydir = host.spec.private_key.parent
+        assert keydir.exists()
+        # no decide(): the run ended before its outcome was known (an error, Ctrl-C)
+    assert kept_ids() == before
+    assert not keydir.exists()
+
+
+def test_the_summary_names_targets_that_cannot_be_kept() -> None:
+    class FakeLab:
+        def on_close(self, fn: object) -> None:
+            pass
+
+    from jobkit.lab.keep import KeepFailed
+
+    keeper = KeepFailed(FakeLab())  # type: ignore[arg-type]
+    text = keeper.summary(["local", "ssh://me@host:22", "local"])
+    assert text.splitlines() == ["local: not kept (it runs inside this process)",
+                                 "ssh://me@host:22: not kept (it is not a lab container)"]
