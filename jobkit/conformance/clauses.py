@@ -474,6 +474,87 @@ async def w24(ctx: Ctx) -> None:
     assert r.exit_status == 127, f"FOO=1 (no such program): wrapper exit {r.exit_status}, not 127"
     await final_in_both(ctx, job, "failed", 127)
 
+@clause("W-25", "a signal to the wrapper reaches the job, which gets the grace period to clean up: a TERM handler "
+                "that takes 0.5 s completes", "1, 6")
+async def w25(ctx: Ctx) -> None:
+    job = await ctx.new_job("handler")
+    mark = f"{ctx.base_abs}/.conformance/{job}.cleaned"
+    handler = f"trap 'sleep 0.5; echo cleaned >{shlex.quote(mark)}; exit 3' TERM; sleep 100 & wait"
+    wpid = await ctx.start_tmux(job, ["sh", "-c", handler])
+    await ctx.wait_state(job, ("running",))
+    await asyncio.sleep(0.3)  # the job's shell has installed its trap
+    await ctx.sh(f"kill -s TERM {wpid}")
+    fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 15)
+    assert fin.get("status") == "failed", f"state file: {fin}"
+    r = await ctx.sh(f"cat {shlex.quote(mark)} 2>/dev/null || echo absent")
+    assert "cleaned" in r.stdout, ("the job's TERM handler did not complete: the signal was not forwarded to the "
+                                   f"job, or it was killed before the grace period ({ctx.grace} s) was over")
+
+
+def _utc_epoch(iso: object) -> int | None:
+    import calendar
+
+    try:
+        return calendar.timegm(time.strptime(str(iso), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+
+
+@clause("W-26", "times are UTC whatever the host's TZ: with TZ=JST-9 each ISO time and its epoch seconds are the "
+                "same instant, the host's", "18")
+async def w26(ctx: Ctx) -> None:
+    job = await ctx.new_job("tz")
+    before = int((await ctx.sh("date +%s")).stdout.strip().splitlines()[-1])
+    await ctx.run(job, ["true"], env={"TZ": "JST-9"})
+    after = int((await ctx.sh("date +%s")).stdout.strip().splitlines()[-1])
+    st = await ctx.wait_state(job, ("completed", "failed"))
+    for iso_key, epoch_key in (("started_at", "started_epoch"), ("completed_at", "completed_epoch")):
+        iso, epoch = st.get(iso_key), st.get(epoch_key)
+        assert isinstance(epoch, int), f"{epoch_key} = {epoch!r}"
+        assert before - 2 <= epoch <= after + 2, (f"{epoch_key} = {epoch} is not the host's time "
+                                                  f"(between {before} and {after})")
+        as_utc = _utc_epoch(iso)
+        assert as_utc is not None, f"{iso_key} = {iso!r} is not ISO 8601 UTC"
+        assert abs(as_utc - epoch) <= 1, (f"{iso_key} = {iso!r} is {as_utc - epoch:+d} s from {epoch_key} = {epoch}: "
+                                          "local time marked Z, or an epoch that is not one")
+
+
+@clause("W-27", "while the job runs, its database row says running with the pid, process group and process start "
+                "time of the state file", "7, 20")
+async def w27(ctx: Ctx) -> None:
+    job = await ctx.new_job("runrow")
+    await ctx.start(job, ["sleep", "5"])
+    st = await ctx.wait_state(job, ("running",))
+    row = await ctx.wait_row(job, "running", seconds=10)
+    for key in ("pid", "pgid", "proc_start"):
+        assert row.get(key) == st.get(key), f"row {key} = {row.get(key)!r}, state file {st.get(key)!r}"
+    await ctx.sh(f"kill -s TERM {int(st.get('wrapper_pid') or st['pid'])} 2>/dev/null; true")
+
+
+@clause("W-28", "a single quote in a recorded value (the user name) never costs the database update: the row is "
+                "final and the user round-trips", "10, 16")
+async def w28(ctx: Ctx) -> None:
+    job = await ctx.new_job("quote")
+    weird = "o'brien"
+    await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
+    await final_in_both(ctx, job, "completed", 0, seconds=10)
+    row = await ctx.row(job)
+    assert row is not None, "no row"
+    assert row.get("user") == weird, f"row user = {row.get('user')!r}"
+
+
+@clause("W-29", "a database lock that outlasts one busy timeout is retried: with JOBKIT_DB_TIMEOUT_MS=1000 and the "
+                "database held 3 s, the row still lands", "9", must=False)
+async def w29(ctx: Ctx) -> None:
+    job = await ctx.new_job("retry")
+    inj = await inject(Fault.LOCKED_DB, ctx.host, seconds=3)
+    try:
+        await ctx.run(job, ["true"], env={"JOBKIT_DB_TIMEOUT_MS": "1000"}, timeout=60)
+    finally:
+        await inj.restore()
+    await final_in_both(ctx, job, "completed", 0, seconds=10)
+
+
 # --- R: the reconciler (jobkit's, over what the wrapper leaves on the host) -----------------
 def _store(ctx: Ctx) -> tuple[AsyncStore, str]:
     """A local store of the clause's own (removed with the clause's other resources) that knows

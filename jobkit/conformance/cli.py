@@ -40,9 +40,13 @@ def ssh_target(url: str, key: str | None, known_hosts: str | None) -> HostSpec:
 def main_conformance(args: argparse.Namespace) -> int:
     from jobkit.lab import Lab, docker_available
     from jobkit.lab.build import HASH_LABEL, build, image_label
+    from jobkit.lab.keep import KeepFailed, failed_targets
     from jobkit.lab.targets import load_manifest
     from jobkit.transport_ssh import SSHTransport
 
+    if getattr(args, "mutate", False):
+        from jobkit.conformance.mutate import main_mutate
+        return main_mutate(args)
     if args.command:
         if args.command[0] != "diff" or len(args.command) != 3:
             raise ConfigError("usage: jobkit conformance [options] | jobkit conformance diff OLD.json NEW.json")
@@ -96,6 +100,7 @@ def main_conformance(args: argparse.Namespace) -> int:
     targets: list[TargetSpec] = []
     broken: list[Result] = []  # targets that could not be started: every clause an error there
     with Lab() as lab:
+        keeper = KeepFailed(lab) if args.keep_failed else None
         for name in names:
             if name in real:
                 targets.append(TargetSpec(name, SSHTransport(real[name]), None, name))
@@ -104,7 +109,8 @@ def main_conformance(args: argparse.Namespace) -> int:
                 if name != "local" and not image_label(manifest[name].image, HASH_LABEL):
                     print(f"conformance: building {name} first (offline, cached afterwards)", file=sys.stderr)
                     build(name)
-                host = lab.start(name, fresh=name != "local")
+                host = (keeper.start(name) if keeper and name != "local"
+                        else lab.start(name, fresh=name != "local"))
             except (JobkitError, OSError) as exc:
                 why = exc.message if isinstance(exc, JobkitError) else str(exc)
                 print(f"conformance: target {name} could not be started: {why}", file=sys.stderr)
@@ -118,9 +124,11 @@ def main_conformance(args: argparse.Namespace) -> int:
                                  f"run {i + 1}/{args.repeat}: " if args.repeat > 1 else ""))
                 for i in range(args.repeat)] if targets else [[]]
         seconds = time.monotonic() - started
-    results = broken + (gate.merge_repeats(runs) if len(runs) > 1 else runs[0])
-    waived = gate.apply_waivers(results, waivers)
-    results = waived.results
+        results = broken + (gate.merge_repeats(runs) if len(runs) > 1 else runs[0])
+        waived = gate.apply_waivers(results, waivers)
+        results = waived.results
+        if keeper:  # decided while the lab is open: the others go with it
+            keeper.decide(failed_targets(results))
     code = gate.exit_code(results, waived.expired)
     meta: dict[str, Any] = {"wrapper": str(wrapper), "schema": str(schema), "base_dir": args.base_dir or DEFAULT_BASE,
                             "targets": [labels[n] for n in names], "seconds": round(seconds, 1),
@@ -149,6 +157,8 @@ def main_conformance(args: argparse.Namespace) -> int:
         raise JobkitError(f"the run is over but its reports could not be written to {report_dir}: {exc}") from exc
     print(f"\n{len(results)} clause results on {len(names)} target(s) in {seconds:.0f}s; reports: "
           + ", ".join(str(p) for p in paths))
+    if keeper:
+        print(keeper.summary(failed_targets(results)))
     if code == gate.EXIT_FAIL:
         print("jobkit conformance: a MUST clause failed (or a clause was flaky, or a waiver expired): exit 1",
               file=sys.stderr)
@@ -285,4 +295,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
     p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="lab targets where a clause failed stay up after the run; the report says how to log in "
+                        "and how to remove them (jobkit lab down ID)")
+    from jobkit.conformance.mutate import register_arguments as mutate_arguments
+    mutate_arguments(p)
     p.set_defaults(handler=main_conformance)

@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,49 @@ def _testcontainers() -> Any:
     return DockerContainer
 
 
+def use_container_host() -> None:
+    """Podman's ``CONTAINER_HOST`` names the engine when ``DOCKER_HOST`` does not: both the Docker
+    SDK and the docker CLI (builds, ``lab save``/``load``) then talk to that socket."""
+    if os.environ.get("CONTAINER_HOST") and not os.environ.get("DOCKER_HOST"):
+        os.environ["DOCKER_HOST"] = os.environ["CONTAINER_HOST"]
+
+
+_podman: dict[str, bool] = {}
+
+
+def engine_is_podman() -> bool:
+    """Whether the engine that answers is Podman's Docker-compatible service (asked once per socket)."""
+    key = os.environ.get("DOCKER_HOST", "")
+    if key not in _podman:
+        client = docker_client()
+        try:
+            components = client.version().get("Components") or []
+            _podman[key] = any("podman" in str(c.get("Name", "")).lower() for c in components)
+        finally:
+            client.close()
+    return _podman[key]
+
+
+def engine_run_options() -> dict[str, Any]:
+    """Options a container needs on this engine. Rootful Podman raises the open-files and process
+    limits of a container above what its service may grant (runc then fails: "error setting
+    rlimits ... operation not permitted"; the service caps its own process limit at pid_max):
+    there, modest limits within the caller's own are asked for instead (8192 processes, 65536
+    files: far above what a lab target runs)."""
+    if not engine_is_podman():
+        return {}
+    import resource
+
+    from docker.types import Ulimit
+
+    limits = []
+    for name, which, cap in (("nofile", resource.RLIMIT_NOFILE, 65536), ("nproc", resource.RLIMIT_NPROC, 8192)):
+        hard = resource.getrlimit(which)[1]
+        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+        limits.append(Ulimit(name=name, soft=value, hard=value))
+    return {"ulimits": limits}
+
+
 def docker_client(timeout: float = 10) -> Any:
     """A client of the Docker engine (``DOCKER_HOST`` etc. as the docker CLI reads them), or an
     error when none answers. The API version is asked first with a client that is closed
@@ -64,6 +108,7 @@ def docker_client(timeout: float = 10) -> Any:
     import docker
     from docker.utils import kwargs_from_env
 
+    use_container_host()
     kwargs = kwargs_from_env()
     base = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
     if base.startswith(("unix://", "/")):  # docker-py leaks the socket of a failed unix connect
@@ -172,6 +217,7 @@ class Lab:
         self.session = uuid.uuid4().hex[:12]
         self._shared: dict[str, LabHost] = {}
         self._all: list[LabHost] = []
+        self._on_close: list[Callable[[], object]] = []
         self._reaped = False
         own = workdir is None
         self.workdir = create_workdir("lab") if workdir is None else workdir
@@ -208,8 +254,16 @@ class Lab:
             self._shared[target] = host
         return host
 
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` first thing in :meth:`close` (whatever ends the session): hosts kept by
+        their caller (``keep=True``) are not the session's, and this is where their caller lets go."""
+        self._on_close.append(fn)
+
     def close(self) -> None:
         """Stop every host of the session, then remove the work directory (idempotent)."""
+        while self._on_close:
+            with contextlib.suppress(Exception):
+                self._on_close.pop()()
         hosts, self._all = self._all, []
         self._shared.clear()
         try:
@@ -263,6 +317,7 @@ class Lab:
                 env={"JOBKIT_HOST_KEY": hk.private_openssh, "JOBKIT_AUTHORIZED_KEY": key.public},
                 labels=labels,
                 cap_add=["SYS_ADMIN"],  # lets fault injectors mount a small tmpfs (full disk)
+                **engine_run_options(),
             )
             container.ports = {"22/tcp": ("127.0.0.1",)}  # published on 127.0.0.1 only
             container.start()

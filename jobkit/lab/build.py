@@ -39,6 +39,10 @@ def _say(msg: str) -> None:
     print(f"lab: {msg}", file=sys.stderr, flush=True)
 
 
+if os.environ.get("CONTAINER_HOST") and not os.environ.get("DOCKER_HOST"):  # Podman's name for it
+    os.environ["DOCKER_HOST"] = os.environ["CONTAINER_HOST"]
+
+
 def _docker(*args: str, capture: bool = True, stdin: int | None = None) -> str:
     proc = subprocess.run(["docker", *args], capture_output=capture, text=True, check=False, stdin=stdin)
     if proc.returncode != 0:

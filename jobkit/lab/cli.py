@@ -32,6 +32,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_save(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jobkit.lab.carry import MANIFEST, save
+
+    directory = Path(args.dir).expanduser()
+    entries = save(directory, args.targets or None)
+    for e in entries:
+        print(f"{e.kind:<7} {e.image:<28} {e.file}")
+    print(f"{len(entries)} image(s) and {MANIFEST} in {directory}; on the other machine: jobkit lab load {directory}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jobkit.lab.carry import load
+
+    directory = Path(args.dir).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    for e, what in load(directory):
+        print(f"{e.kind:<7} {e.image:<28} {what}")
+    print("jobkit lab build now finds these images up to date")
+    return 0
+
+
 def _wait_for_a_stop_signal() -> None:
     """Block until SIGINT/SIGTERM/SIGHUP (turned into KeyboardInterrupt by :mod:`jobkit.cli`),
     whichever thread the kernel hands the signal to: Python's handler wakes this fd."""
@@ -50,6 +77,8 @@ def _wait_for_a_stop_signal() -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from jobkit.lab import Lab
 
+    if args.target == "local" and args.keep:
+        raise ConfigError("the local target runs inside the `jobkit lab up local` process: it cannot be kept")
     with Lab() as lab:
         if args.target == "local":
             host = lab.start("local")
@@ -205,10 +234,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = lsub.add_parser("up", help="start a target, keep it, print an ssh command line for it (and its id)")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--json", action="store_true", help="print the container's record (id, port, key, ssh) as JSON")
+    p.add_argument("--keep", action="store_true", help="keep it after this command returns, until `jobkit lab down` "
+                                                      "(what `lab up` always does for a container target)")
     p.set_defaults(handler=cmd_up)
     p = lsub.add_parser("down", help="remove containers `lab up` kept and those of sessions that are gone "
                                      "(all, a target's, or by id); never a running session's")
     p.add_argument("targets", nargs="*", metavar="TARGET|ID")
     p.set_defaults(handler=cmd_down)
+    p = lsub.add_parser("save", help="save the built images (and their bases) as tarballs named by their input "
+                                     "hashes, with a manifest, to carry to a machine with no network")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="default: every offline target")
+    p.set_defaults(handler=cmd_save)
+    p = lsub.add_parser("load", help="load what `lab save` wrote, after checking every tarball's hash; "
+                                     "`lab build` is then a cache hit")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(handler=cmd_load)
     p = lsub.add_parser("ls", help="list targets, image state and lab containers")
     p.set_defaults(handler=cmd_ls)
