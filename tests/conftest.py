@@ -1,9 +1,18 @@
 import os
+import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from jobkit.lab import Lab, LabHost
+
+# A test that presses Ctrl-C on a command (SIGINT to a child) plays a user at a terminal. When the
+# suite itself was started in the background by a non-interactive shell (`cmd &`: a flake hunt,
+# a CI runner's nohup), SIGINT arrives ignored and every child would inherit the ignoring: the
+# command could never be interrupted and the test would hang instead of testing anything. With
+# Python's handler installed here, children start with SIGINT's default action, as from a shell.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["pytester"]
 
