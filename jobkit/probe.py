@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -17,8 +18,14 @@ from jobkit.transport import Transport
 FINAL_OR_RUNNING = {"running", "completed", "failed"}
 
 
+@functools.cache
 def probe_script() -> str:
     return resources.files("jobkit").joinpath("data/probe.sh").read_text()
+
+
+@functools.cache
+def _head(base_word: str) -> str:
+    return f"sh -c {shlex.quote(probe_script())} probe {base_word}"
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,7 @@ def probe_command(queries: list[JobQuery], base_dir: str | None = None,
         if q.job_id not in seen and _ID_RE.fullmatch(q.job_id):
             seen.add(q.job_id)
             valid.append(q)
-    head = f"sh -c {shlex.quote(probe_script())} probe {base_dir_word(base_dir)}"
+    head = _head(base_dir_word(base_dir))
     lines = [(q.job_id, str(q.pid) if q.pid is not None and q.pid >= 0 else "-",
               str(q.proc_start) if q.proc_start is not None and q.proc_start >= 0 else "-", "F" if q.fence else "-")
              for q in valid]
