@@ -1,7 +1,7 @@
 # jobkit probe: every piece of evidence for many jobs in one round trip. POSIX sh + awk (BusyBox
-# too). A fixed handful of processes whatever the number of jobs: sh, sqlite3, one awk for
-# everything else (boot id, clock, state files, claim logs, /proc, sections), tmux only if its
-# socket exists; the rare jobs to fence take one more sh.
+# too). A fixed handful of processes whatever the number of jobs: sh, date, sqlite3, one awk for
+# everything else (boot id, state files, claim logs, /proc, sections), tmux only if its socket
+# exists; the rare jobs to fence take one more sh.
 # Usage: sh -c "$(cat probe.sh)" probe BASE_DIR [QUERIES SQL]
 #   - with QUERIES and SQL (the client's, when they fit in the command line): QUERIES are lines
 #     "Q ID PID|- PROC_START|- F|-", SQL the query of the server database for those ids;
@@ -45,6 +45,9 @@ fi
 set -- "$jobs"/*.status
 [ $# -ne 1 ] || [ -e "$1" ] || shift
 {
+  # the host's clock (date, not awk's srand: a recent mawk seeds it with nanoseconds), started
+  # here so that it runs while the last awk starts
+  date '+==T %s' 2>/dev/null
   [ $# -eq 0 ] || printf 'A %s\n' "$@"
   echo '==sql'
   # SELECT *: a schema with fewer (or more) columns than jobkit's still answers.
@@ -82,16 +85,15 @@ set -- "$jobs"/*.status
     boot = ""; f = "/proc/sys/kernel/random/boot_id"
     if ((getline boot < f) <= 0) boot = ""
     close(f)
-    srand(); now = srand()  # the previous seed: the time of day, in seconds since the epoch
-    if (now !~ /^[0-9]+$/ || now < 1000000000) { "date +%s" | getline now; close("date +%s") }
-    printf "==boot %s\n==now %s\n", boot, now
-    nq = 0; nd = 0; na = 0; sql = 0 }
-  !sql { if ($0 == "==sql") sql = 1; else if (/^A /) all[++na] = $0; next }
+    printf "==boot %s\n", boot
+    now = ""; nq = 0; nd = 0; na = 0; sql = 0 }
+  !sql { if ($0 == "==sql") sql = 1; else if (/^A /) all[++na] = $0; else if (/^==T [0-9]+$/) now = $2; next }
   /^Q / { if (!(($2) in qpid)) { qid[++nq] = $2; qpid[$2] = $3; qf[$2] = $5 }; next }
   /^==dbrc / { dbh = substr($0, 8); next }
   /^ *no_ckpt_on_close o[nf]+$/ { next }
   { dbl[++nd] = $0 }
   END {
+    print "==now " now
     print "==db " dbh
     for (i = 1; i <= nd; i++) {
       print dbl[i]

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,8 @@ def test_the_real_probe_reports_what_is_on_the_host(spec: dict[str, dict[str, ob
         queries = [JobQuery(j, fence=bool(s["fence"])) for j, s in spec.items()]
         r = asyncio.run(probe(LocalTransport(), queries, str(base)))
         assert r.host.reachable, r.raw[-500:]
+        assert r.host.now_epoch is not None
+        assert abs(r.host.now_epoch - time.time()) < 30  # the host's clock in seconds, nothing else
         assert sorted(r.all_ids) == sorted(j for j, s in spec.items() if s["file"] is not None)
         for job, s in spec.items():
             ev = r.evidence[job]
