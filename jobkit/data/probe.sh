@@ -1,7 +1,7 @@
 # jobkit probe: every piece of evidence for many jobs in one round trip. POSIX sh + awk (BusyBox
-# too). A fixed handful of processes whatever the number of jobs: sh, date, sqlite3, one awk for
-# everything else (boot id, state files, claim logs, /proc, sections), tmux only if its socket
-# exists; the rare jobs to fence take one more sh.
+# too). A fixed handful of processes whatever the number of jobs: sh, sqlite3, one awk for
+# everything else (boot id, clock, state files, claim logs, /proc, sections), tmux only if its
+# socket exists; the rare jobs to fence take one more sh.
 # Usage: sh -c "$(cat probe.sh)" probe BASE_DIR [QUERIES SQL]
 #   - with QUERIES and SQL (the client's, when they fit in the command line): QUERIES are lines
 #     "Q ID PID|- PROC_START|- F|-", SQL the query of the server database for those ids;
@@ -45,9 +45,6 @@ fi
 set -- "$jobs"/*.status
 [ $# -ne 1 ] || [ -e "$1" ] || shift
 {
-  # the host's clock (date, not awk's srand: a recent mawk seeds it with nanoseconds), started
-  # here so that it runs while the last awk starts
-  date '+==T %s' 2>/dev/null
   [ $# -eq 0 ] || printf 'A %s\n' "$@"
   echo '==sql'
   # SELECT *: a schema with fewer (or more) columns than jobkit's still answers.
@@ -86,8 +83,20 @@ set -- "$jobs"/*.status
     if ((getline boot < f) <= 0) boot = ""
     close(f)
     printf "==boot %s\n", boot
-    now = ""; nq = 0; nd = 0; na = 0; sql = 0 }
-  !sql { if ($0 == "==sql") sql = 1; else if (/^A /) all[++na] = $0; else if (/^==T [0-9]+$/) now = $2; next }
+    # The clock without a process: srand() returns the previous seed, which POSIX awks set to
+    # the time of day in seconds; taken only when the boot time plus the uptime agree with it
+    # (a recent mawk seeds with nanoseconds, another awk could seed otherwise): else date.
+    srand(); now = srand(); up = ""; bt = ""
+    f = "/proc/uptime"; if ((getline line < f) > 0) { split(line, a, " "); up = a[1] }
+    close(f)
+    f = "/proc/stat"; while ((getline line < f) > 0) if (line ~ /^btime [0-9]+$/) { bt = substr(line, 7); break }
+    close(f)
+    if (!(now ~ /^[0-9]+$/ && up ~ /^[0-9]+(\.[0-9]*)?$/ && bt != "" && now - (bt + up) < 3 && bt + up - now < 3)) {
+      now = ""; c = "date +%s 2>/dev/null"; if ((c | getline line) > 0 && line ~ /^[0-9]+$/) now = line
+      close(c)
+    }
+    nq = 0; nd = 0; na = 0; sql = 0 }
+  !sql { if ($0 == "==sql") sql = 1; else if (/^A /) all[++na] = $0; next }
   /^Q / { if (!(($2) in qpid)) { qid[++nq] = $2; qpid[$2] = $3; qf[$2] = $5 }; next }
   /^==dbrc / { dbh = substr($0, 8); next }
   /^ *no_ckpt_on_close o[nf]+$/ { next }
