@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -17,8 +18,14 @@ from jobkit.transport import Transport
 FINAL_OR_RUNNING = {"running", "completed", "failed"}
 
 
+@functools.cache
 def probe_script() -> str:
     return resources.files("jobkit").joinpath("data/probe.sh").read_text()
+
+
+@functools.cache
+def _head(base_word: str) -> str:
+    return f"sh -c {shlex.quote(probe_script())} probe {base_word}"
 
 
 @dataclass(frozen=True)
@@ -51,25 +58,24 @@ def _db_error_state(text: str) -> str:
 
 
 def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if type(v) is int else None  # exact type: a bool is no integer here
 
 
 def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
+    return v if type(v) is str else None
 
 
 def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
     sections: dict[str, list[str]] = {}
     header: dict[str, str] = {}
-    current = ""
+    current: list[str] | None = None
     for line in output.split("\n"):
-        if line.startswith("=="):
+        if line[:2] == "==":
             name, _, rest = line[2:].partition(" ")
-            current = name
             header[name] = rest
-            sections.setdefault(name, [])
-        elif current:
-            sections[current].append(line)
+            current = sections.setdefault(name, [])
+        elif current is not None:
+            current.append(line)
     if "end" not in header:  # the answer was cut: nothing in it can be trusted
         return ProbeResult(HostState(reachable=False, error="probe output incomplete (connection lost mid-answer?)"),
                            raw=output)
@@ -97,15 +103,21 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
                 db_state = "error"
 
     # state files: lines "F\t<path>\t<content>" grouped by file; "E id" marks existence
-    exists = {ln[2:] for ln in sections.get("files", []) if ln.startswith("E ")}
+    exists: set[str] = set()
     contents: dict[str, list[str]] = {}
     claims: dict[str, str] = {}
     for ln in sections.get("files", []):
-        if ln.startswith("F\t"):
+        kind = ln[:2]
+        if kind == "F\t":
             _, path, content = ln.split("\t", 2)
-            jid = path.rsplit("/", 1)[-1].removesuffix(".status")
-            contents.setdefault(jid, []).append(content)
-        elif ln.startswith("L\t"):
+            jid = path.rsplit("/", 1)[-1].removesuffix(".status")  # a path (older probes) or the id
+            if jid in contents:
+                contents[jid].append(content)
+            else:
+                contents[jid] = [content]
+        elif kind == "E ":
+            exists.add(ln[2:])
+        elif kind == "L\t":
             parts = ln.split("\t", 2)
             if len(parts) == 3:
                 claims[parts[1]] = parts[2]
@@ -189,16 +201,42 @@ def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEv
                         raw=raw[:500], wrapper_start=_int(data.get("wrapper_start")))
 
 
+#: what the host accepts as an id (the probe drops anything else, as the wrapper refuses it)
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: queries and SQL up to this size travel in the command line (no awk pass on the host to build
+#: them); beyond it, on stdin (no argument-size limit: any number of jobs)
+INLINE_LIMIT = 64 * 1024
+
+
+def probe_command(queries: list[JobQuery], base_dir: str | None = None,
+                  inline: bool | None = None) -> tuple[str, str]:
+    """The command and its stdin for ``queries``: inline (queries and SQL in the command line)
+    when they fit in ``INLINE_LIMIT`` or ``inline`` says so, else on stdin. Both ask the host
+    the same thing (``tests/unit/test_probe.py`` compares them on generated hosts)."""
+    seen: set[str] = set()
+    valid: list[JobQuery] = []
+    for q in queries:  # what the host would keep: valid ids, first occurrence
+        if q.job_id not in seen and _ID_RE.fullmatch(q.job_id):
+            seen.add(q.job_id)
+            valid.append(q)
+    head = _head(base_dir_word(base_dir))
+    lines = [(q.job_id, str(q.pid) if q.pid is not None and q.pid >= 0 else "-",
+              str(q.proc_start) if q.proc_start is not None and q.proc_start >= 0 else "-", "F" if q.fence else "-")
+             for q in valid]
+    qtext = "\n".join(f"Q {i} {p} {s} {f}" for i, p, s, f in lines)
+    sql = "SELECT * FROM jobs WHERE id IN (" + ",".join(f"'{i}'" for i, _, _, _ in lines) + ");"
+    if inline if inline is not None else len(qtext) + len(sql) <= INLINE_LIMIT:
+        return f"{head} {shlex.quote(qtext)} {shlex.quote(sql)}", ""
+    return head, "".join(f"{i} {p} {s} {f}\n" for i, p, s, f in lines)
+
+
 async def probe(transport: Transport, queries: list[JobQuery], base_dir: str | None = None,
-                timeout: float = 5.0) -> ProbeResult:
+                timeout: float = 5.0, *, inline: bool | None = None) -> ProbeResult:
     """Ask the host about every job in ``queries`` with one command; an unreachable or slow host,
     or a connection lost mid-answer, gives ``host.reachable == False`` (never an exception)."""
-    stdin = "".join(f"{q.job_id} {q.pid or '-'} {q.proc_start or '-'} {'F' if q.fence else '-'}\n"
-                    for q in queries)
-    command = f"sh -c {shlex.quote(probe_script())} probe {base_dir_word(base_dir)}"
+    command, stdin = probe_command(queries, base_dir, inline)
     try:
         r = await transport.run(command, stdin=stdin, timeout=timeout)
     except TransportError as exc:  # unreachable, slow, lost mid-answer: unavailable, never raised
         return ProbeResult(HostState(reachable=False, error=exc.message))
     return parse(r.stdout, queries)
-

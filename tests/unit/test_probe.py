@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from hypothesis import strategies as st
 
 from jobkit import wrapper_dir
 from jobkit.errors import ConnectionLost, RemoteTimeout
-from jobkit.probe import JobQuery, parse, probe
+from jobkit.probe import JobQuery, parse, probe, probe_command
 from jobkit.transport import CommandResult
 from jobkit.transport_local import LocalTransport
 
@@ -161,6 +164,8 @@ def test_the_real_probe_reports_what_is_on_the_host(spec: dict[str, dict[str, ob
         queries = [JobQuery(j, fence=bool(s["fence"])) for j, s in spec.items()]
         r = asyncio.run(probe(LocalTransport(), queries, str(base)))
         assert r.host.reachable, r.raw[-500:]
+        assert r.host.now_epoch is not None
+        assert abs(r.host.now_epoch - time.time()) < 30  # the host's clock in seconds, nothing else
         assert sorted(r.all_ids) == sorted(j for j, s in spec.items() if s["file"] is not None)
         for job, s in spec.items():
             ev = r.evidence[job]
@@ -239,3 +244,126 @@ def test_a_claim_names_its_wrapper_by_pid_and_start_time() -> None:
     assert alive("jobkit-wrapper[40] a: claimed (start 3)", "S 40 4 S") is False  # a later process, same pid
     assert alive("jobkit-wrapper[40] a: claimed (start 3)", "") is False
     assert alive("jobkit-wrapper[40] a: claimed", "S 40 9 S") is True  # an older wrapper: no start recorded
+
+
+# --- both ways of asking (inline, stdin) and the previous probe give the same evidence ---------------
+REFERENCE = Path(__file__).resolve().parent / "probe_reference.sh"
+pid_kinds = st.sampled_from(["none", "mine", "gone", "reused"])  # reused: a live pid, another start time
+richer = st.dictionaries(ids, st.fixed_dictionaries({
+    "row": st.one_of(st.none(), st.tuples(row_statuses, st.one_of(st.none(), st.integers(0, 255)),
+                                          st.sampled_from([None, "tok-a"]), pid_kinds)),
+    "file": st.sampled_from([None, "running", "completed", "garbage", "empty", "two-lines"]),
+    "file_pid": pid_kinds,
+    "claim": st.sampled_from([None, "wrapper", "wrapper-gone", "fence", "empty"]),
+    "fence": st.booleans(),
+    "client_pid": pid_kinds,
+    "session": st.booleans(),
+}), max_size=6)
+
+
+def _pid(kind: object) -> int | None:
+    return {"mine": os.getpid(), "gone": 2 ** 22 + 7, "reused": 1}.get(str(kind))
+
+
+def _start_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+
+
+def _rich_host(base: Path, spec: dict[str, dict[str, object]]) -> None:
+    (base / "jobs").mkdir(parents=True)
+    db = sqlite3.connect(base / "server.db")
+    db.executescript((wrapper_dir() / "server_schema.sql").read_text())
+    for job, s in spec.items():
+        if s["row"] is not None:
+            status, code, token, pk = s["row"]  # type: ignore[misc]
+            db.execute("INSERT INTO jobs (id, status, exit_code, token, pid) VALUES (?, ?, ?, ?, ?)",
+                       (job, status, code, token, _pid(pk)))
+        path = base / "jobs" / f"{job}.status"
+        state = {"id": job, "status": s["file"], "exit_code": 0 if s["file"] == "completed" else None,
+                 "pid": _pid(s["file_pid"]), "proc_start": 1 if s["file_pid"] == "reused" else None,
+                 "wrapper_pid": os.getpid(), "wrapper_start": _start_of(os.getpid())}
+        if s["file"] == "garbage":
+            path.write_text("not json {\n")
+        elif s["file"] == "empty":
+            path.write_text("")
+        elif s["file"] == "two-lines":
+            path.write_text(json.dumps(dict(state, status="running"), indent=1))
+        elif s["file"] is not None:
+            path.write_text(json.dumps(state))
+        claim = {"wrapper": f"jobkit-wrapper[{os.getpid()}] {job}: claimed (start {_start_of(os.getpid())})\n",
+                 "wrapper-gone": f"jobkit-wrapper[{2 ** 22 + 9}] {job}: claimed\n",
+                 "fence": "jobkit-fence 1: x\n", "empty": ""}.get(str(s["claim"]))
+        if claim is not None:
+            (base / "jobs" / f"{job}.wrapper.log").write_text(claim)
+    db.commit()
+    db.close()
+    sessions = [j for j, s in spec.items() if s["session"]]
+    if sessions:
+        sock = str(base / "tmux.sock")
+        for name in sessions:
+            subprocess.run(["tmux", "-S", sock, "new-session", "-d", "-s", name, "sleep 60"], check=True)
+
+
+def _kill_tmux(base: Path) -> None:
+    if (base / "tmux.sock").exists():
+        subprocess.run(["tmux", "-S", str(base / "tmux.sock"), "kill-server"], check=False, capture_output=True)
+
+
+def _reference(base: Path, queries: list[JobQuery]) -> str:
+    stdin = "".join(f"{q.job_id} {q.pid or '-'} {q.proc_start or '-'} {'F' if q.fence else '-'}\n" for q in queries)
+    r = subprocess.run(["sh", "-c", REFERENCE.read_text(), "probe", str(base)], input=stdin, capture_output=True,
+                       text=True, check=True, timeout=30)
+    return r.stdout
+
+
+def _same_clock(output: str) -> str:
+    return "\n".join("==now 1" if ln.startswith("==now ") else ln for ln in output.split("\n"))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(richer)
+def test_inline_stdin_and_the_reference_probe_give_the_same_evidence(spec: dict[str, dict[str, object]]) -> None:
+    """The small-N way (queries and SQL in the command line), the any-N way (stdin) and the
+    previous probe see the same host the same way: rows, state files, claims, liveness (this
+    process, a gone pid, a live pid behind another start time), tmux sessions, fences."""
+    queries = [JobQuery(j, _pid(s["client_pid"]), 1 if s["client_pid"] == "reused" else None, bool(s["fence"]))
+               for j, s in spec.items()]
+    with tempfile.TemporaryDirectory(prefix="jobkit-probe-") as d:
+        bases = {k: Path(d) / k for k in ("inline", "stdin", "reference")}
+        outputs: dict[str, str] = {}
+        try:
+            for k, base in bases.items():
+                _rich_host(base, spec)
+                if k == "reference":
+                    outputs[k] = _reference(base, queries)
+                else:
+                    outputs[k] = asyncio.run(probe(LocalTransport(), queries, str(base), inline=k == "inline")).raw
+        finally:
+            for base in bases.values():
+                _kill_tmux(base)
+        results = {k: parse(_same_clock(o), queries) for k, o in outputs.items()}
+        ref = results["reference"]
+        assert ref.host.reachable, outputs["reference"][-500:]
+        for k in ("inline", "stdin"):
+            assert results[k].host == ref.host, k
+            assert results[k].all_ids == ref.all_ids, k
+            assert results[k].evidence == ref.evidence, (k, outputs[k][-2000:], outputs["reference"][-2000:])
+        fenced = {k: sorted(p.name for p in (b / "jobs").glob("*.wrapper.log")) for k, b in bases.items()}
+        assert fenced["inline"] == fenced["stdin"] == fenced["reference"]
+
+
+def test_the_command_line_way_is_kept_for_what_fits_in_it() -> None:
+    small, stdin = probe_command([JobQuery("a")])
+    assert small.endswith(" 'Q a - - -' " + shlex.quote("SELECT * FROM jobs WHERE id IN ('a');"))
+    assert stdin == ""
+    big, stdin = probe_command([JobQuery(f"job-{i:06d}") for i in range(6000)])
+    assert "job-000000" not in big
+    assert stdin.count("\n") == 6000
+    # invalid ids and repeats are dropped on both ways, as the host drops them
+    for inline in (True, False):
+        command, stdin = probe_command([JobQuery("a"), JobQuery("a b"), JobQuery("a"), JobQuery("x" * 65)],
+                                       inline=inline)
+        assert "a b" not in command + stdin
+        assert "x" * 65 not in command + stdin
+        assert (command + stdin).count("Q a ") + stdin.count("a - - -") == 1
