@@ -153,6 +153,8 @@ async def test_a_job_outliving_its_killed_wrapper_ends_lost_never_failed(host: L
         st = await state_of(transport, job)
         assert st is not None
         await transport.run(f"kill -s KILL {st['wrapper_pid']}", check=True)
+        # kill(2) returns before the process is torn down: wait until it is gone (or a zombie)
+        await wait_until(lambda: processes_gone(transport, (st["wrapper_pid"], st["wrapper_start"])))
 
     # a reconciliation sees `seen` alive with its wrapper gone; none sees `unseen` in that state
     await kill_wrapper(seen)
