@@ -32,8 +32,8 @@ from jobkit.hosts import HostSpec
 from jobkit.lab.build import image_id
 from jobkit.lab.keys import ClientKey, client_key, host_key
 from jobkit.lab.local import LocalTarget
-from jobkit.lab.slurm import ContainerHandle, is_slurm_target, reap_unused, start_cluster, wait_ready
 from jobkit.lab.session import Owner, create_kept_dir, create_workdir, reap_kept_dirs, remove_workdir, stop_processes
+from jobkit.lab.slurm import ContainerHandle, is_slurm_target, reap_unused, start_cluster, wait_ready
 from jobkit.lab.targets import Target, get_target, load_manifest, offline_targets
 from jobkit.transport_ssh import SSHTransport
 

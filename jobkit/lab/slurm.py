@@ -158,7 +158,8 @@ def wait_ready(cluster: Cluster, deadline: float) -> None:
             return
         last = out.strip()
         time.sleep(0.2)
-    raise JobkitError(f"SLURM cluster not ready (nodes idle, controller up{', accounting' if layout.accounting else ''})"
+    what = "nodes idle, controller up" + (", accounting" if layout.accounting else "")
+    raise JobkitError(f"SLURM cluster not ready ({what})"
                       f": last seen: {last or 'nothing'}")
 
 
