@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobkit.backends.base import LaunchRequest
 from jobkit.backends.slurm import (
     STATE_MAP,
     AcctRow,
@@ -21,7 +22,6 @@ from jobkit.backends.slurm import (
     resource_args,
     slurm_state,
 )
-from jobkit.backends.base import LaunchRequest
 from jobkit.errors import ConfigError
 from jobkit.models import (
     Claim,
@@ -45,9 +45,7 @@ names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 
 # --- the table ------------------------------------------------------------------------------
 def test_every_state_of_the_issue_is_mapped_and_nothing_else_is_guessed() -> None:
-    listed = ("PENDING CONFIGURING RUNNING COMPLETING SUSPENDED STOPPED SIGNALING STAGE_OUT RESIZING REQUEUED "
-              "REQUEUE_HOLD REQUEUE_FED RESV_DEL_HOLD SPECIAL_EXIT COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL "
-              "PREEMPTED BOOT_FAIL DEADLINE OUT_OF_MEMORY REVOKED").split()
+    listed = ["PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED"]
     assert set(STATE_MAP) == set(SlurmState)
     for name in listed:
         assert slurm_state(name) is SlurmState(name)
@@ -119,7 +117,8 @@ def test_sacct_rows_round_trip(rows: list[tuple[str, str, int, int, str]]) -> No
                                   "Slurm accounting storage is disabled", "12|TIMEOUT"])
 def test_sacct_unparsable_lines(line: str) -> None:
     got = parse_sacct(line)
-    assert got.unparsable == [line] and not got.rows
+    assert got.unparsable == [line]
+    assert not got.rows
 
 
 def _probe(squeue: str, sacct: str, files: str = "", squeue_rc: int = 0, sacct_rc: int = 0) -> str:
@@ -136,16 +135,19 @@ def test_probe_picks_this_submission_and_reports_the_unreadable() -> None:
     assert ev.scheduler.unparsable == ("nonsense line",)
     # without a recorded id: the newest job of that name
     ev = parse_probe(_probe("7|COMPLETED|None|j2\n9|RUNNING|None|j2", ""), [JobQuery("j2")]).evidence["j2"]
-    assert ev.scheduler is not None and ev.scheduler.queue_state == "RUNNING"
+    assert ev.scheduler is not None
+    assert ev.scheduler.queue_state == "RUNNING"
 
 
 def test_probe_tells_the_controller_down_from_an_empty_queue() -> None:
     down = parse_probe(_probe("squeue: error: Unable to contact slurm controller (connect failure)", "",
                               squeue_rc=1, sacct_rc=1), [JobQuery("j")]).evidence["j"]
-    assert down.scheduler is not None and down.scheduler.queue == "error"
+    assert down.scheduler is not None
+    assert down.scheduler.queue == "error"
     assert "Unable to contact" in down.scheduler.detail
     empty = parse_probe(_probe("", ""), [JobQuery("j")]).evidence["j"]
-    assert empty.scheduler is not None and empty.scheduler.queue == "absent"
+    assert empty.scheduler is not None
+    assert empty.scheduler.queue == "absent"
     cut = parse_probe("==now 1\n==squeue\n", [JobQuery("j")])
     assert not cut.host.reachable
 
@@ -170,7 +172,8 @@ def done(status: str, code: int, sig: str | None = None) -> FileEvidence:
 
 def test_not_in_the_queue_is_never_by_itself_completed() -> None:
     v = merge_slurm(ev(file=W_RUN), RUNNING, grace=30)
-    assert v.status is JobStatus.LOST and v.exit_code is None
+    assert v.status is JobStatus.LOST
+    assert v.exit_code is None
     v = merge_slurm(ev(file=FileEvidence("missing")), RUNNING, grace=30)
     assert v.status is JobStatus.LOST
     # with the wrapper's final record it is that record's, from the state file
@@ -200,7 +203,8 @@ def test_timeout_is_never_completed_and_cancel_is_cancelled() -> None:
 
 def test_requeued_goes_back_to_pending_even_with_a_final_record_of_the_first_run() -> None:
     v = merge_slurm(ev("listed", "PENDING", file=done("failed", 143, "TERM")), RUNNING, grace=30)
-    assert v.status is JobStatus.PENDING and "requeued" in v.reason
+    assert v.status is JobStatus.PENDING
+    assert "requeued" in v.reason
     v = merge_slurm(ev("listed", "REQUEUED"), RUNNING, grace=30)
     assert v.status is JobStatus.PENDING
 
@@ -219,9 +223,11 @@ def test_final_state_against_the_wrapper_is_a_conflict_won_by_the_stronger_recor
 def test_fenced_id_is_never_started() -> None:
     known = Known(JobStatus.QUEUED, submitted_epoch=1.0)
     v = merge_slurm(ev(claim="fenced", sid=None), known, grace=30)
-    assert (v.status, v.exit_code) == (JobStatus.FAILED, None) and "never started" in v.reason
+    assert (v.status, v.exit_code) == (JobStatus.FAILED, None)
+    assert "never started" in v.reason
     v = merge_slurm(ev("absent", None, "ok", "FAILED", (67, 0), claim="fenced"), known, grace=30)
-    assert v.status is JobStatus.FAILED and "never started" in v.reason
+    assert v.status is JobStatus.FAILED
+    assert "never started" in v.reason
 
 
 known_st = st.sampled_from(list(JobStatus))
@@ -256,7 +262,7 @@ def test_properties_of_every_verdict(known: JobStatus, queue: str, qstate: str, 
         assert sched_says or (file.state == "ok" and file.status == "completed")
     # an unknown state is no information: never a final from it alone
     if queue == "listed" and qstate == "BOGUS" and acct != "ok" and v.status.final and not known.final:
-        assert file.state == "ok" and file.status in ("completed", "failed") or claim == "fenced"
+        assert (file.state == "ok" and file.status in ("completed", "failed")) or claim == "fenced"
 
 
 # --- submit ---------------------------------------------------------------------------------
