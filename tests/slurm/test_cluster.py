@@ -1,7 +1,8 @@
 """jobkit on a real SLURM cluster of the lab, through the CLI: submit, status, reconcile, cancel,
 logs; exit codes; a time limit; a node going down (requeue); a job purged from the controller
 (accounting answers); a cluster without accounting. One cluster per session; the slow time-limit
-job is submitted first and checked last, while the other tests run."""
+job (enforced every 30 s after its 1 minute) is submitted after the requeue test (a requeue would
+restart its clock) and checked last, while the other tests run."""
 
 from __future__ import annotations
 
@@ -22,13 +23,6 @@ def test_the_lab_cluster_is_ready_with_two_idle_nodes(slurm_cli: Cli) -> None:
     assert slurm_cli.host.ready_seconds < 60
 
 
-def test_time_limit_submitted_first(slurm_cli: Cli) -> None:
-    """Submits the job that must hit its 1-minute limit; test_time_limit_is_timeout checks it."""
-    slurm_cli.run("submit", "cl", "--id", "tl1", "--time", "1", "--", "sleep", "600")
-    j = slurm_cli.wait("tl1", lambda j: j["status"] == "running")
-    assert j["status"] == "running", j
-
-
 def test_submit_status_logs_and_exit_codes(slurm_cli: Cli) -> None:
     c = slurm_cli
     c.run("submit", "cl", "--id", "ok1", "--cpus", "1", "--mem", "100M", "--", "sh", "-c", "echo hello; exit 0")
@@ -36,13 +30,15 @@ def test_submit_status_logs_and_exit_codes(slurm_cli: Cli) -> None:
     c.run("submit", "cl", "--id", "sig1", "--", "sh", "-c", "kill -USR1 $$")
     ok = c.wait("ok1", lambda j: j["status"] == "completed")
     assert (ok["status"], ok["exit"]) == ("completed", 0), ok
-    assert ok["sid"] and ok["sid"].isdigit()
+    assert ok["sid"]
+    assert ok["sid"].isdigit()
     bad = c.wait("bad1", lambda j: j["status"] == "failed")
     assert (bad["status"], bad["exit"], bad["conflict"]) == ("failed", 7, False), bad
     sig = c.wait("sig1", lambda j: j["status"] == "failed")
     assert (sig["status"], sig["signal"]) == ("failed", "USR1"), sig
     _, out = c.run("status")
-    assert re.search(r"ok1 .*completed +0", out) and re.search(r"bad1 .*failed +7", out), out
+    assert re.search(r"ok1 .*completed +0", out), out
+    assert re.search(r"bad1 .*failed +7", out), out
     assert c.run("logs", "ok1")[1].strip() == "hello"
     assert c.run("logs", "bad1", "--stderr")[1].strip() == "oops"
     # the job ran on a compute node, its files on the shared home
@@ -54,7 +50,8 @@ def test_submit_status_logs_and_exit_codes(slurm_cli: Cli) -> None:
 def test_bad_resources_are_one_line_and_exit_2(slurm_cli: Cli) -> None:
     rc, out = slurm_cli.run("submit", "cl", "--time", "soon", "--", "true", ok=False)
     assert rc == 2
-    assert out.strip().startswith("jobkit: error:") and "\n" not in out.strip()
+    assert out.strip().startswith("jobkit: error:")
+    assert "\n" not in out.strip()
 
 
 def test_cancel_is_recorded_cancelled(slurm_cli: Cli) -> None:
@@ -97,6 +94,13 @@ def restore_node(c: Cli, node: str) -> None:
         time.sleep(0.5)
 
 
+def test_time_limit_submitted_first(slurm_cli: Cli) -> None:
+    """Submits the job that must hit its 1-minute limit; test_time_limit_is_timeout checks it."""
+    slurm_cli.run("submit", "cl", "--id", "tl1", "--time", "1", "--", "sleep", "600")
+    j = slurm_cli.wait("tl1", lambda j: j["status"] == "running")
+    assert j["status"] == "running", j
+
+
 def test_a_purged_job_is_known_from_accounting(slurm_cli: Cli) -> None:
     c = slurm_cli
     c.run("submit", "cl", "--id", "pg1", "--", "sh", "-c", "exit 3")
@@ -113,19 +117,20 @@ def test_a_purged_job_is_known_from_accounting(slurm_cli: Cli) -> None:
     assert (j["status"], j["exit"], j["conflict"]) == ("failed", 3, False), j
 
 
-def test_time_limit_is_timeout(slurm_cli: Cli) -> None:
-    j = slurm_cli.wait("tl1", lambda j: j["status"] == "timeout", seconds=150)
-    assert j["status"] == "timeout", j
-    assert j["history"][-1] == "timeout"
-
-
 def test_a_cluster_without_accounting(noacct_cli: Cli) -> None:
     c = noacct_cli
     rc, out = c.cluster.exec("node1", "sacct -n -X", user="jobkit")
-    assert rc != 0 and "disabled" in out
+    assert rc != 0
+    assert "disabled" in out
     c.run("submit", "cl", "--id", "na1", "--", "sh", "-c", "echo fine")
     c.run("submit", "cl", "--id", "na2", "--", "sh", "-c", "exit 4")
     assert c.wait("na1", lambda j: j["status"] == "completed")["exit"] == 0
     j = c.wait("na2", lambda j: j["status"] == "failed")
     assert (j["status"], j["exit"]) == ("failed", 4), j
     assert c.run("logs", "na1")[1].strip() == "fine"
+
+
+def test_time_limit_is_timeout(slurm_cli: Cli) -> None:
+    j = slurm_cli.wait("tl1", lambda j: j["status"] == "timeout", seconds=150)
+    assert j["status"] == "timeout", j
+    assert j["history"][-1] == "timeout"
