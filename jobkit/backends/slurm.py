@@ -439,7 +439,8 @@ def _final(ev: Evidence, known: Known, said: dict[str, str], st: SlurmState, src
     m = STATE_MAP[st]
     assert m.status is not None
     status = m.status
-    exit_code = code
+    # ExitCode 0:9 is "killed by signal 9": the shell's 128+9, as the wrapper records a signal
+    exit_code = 128 + sig if code == 0 and sig else code
     signal = signal_name(sig) if sig else None
     reason = f"{status.value} per {'squeue' if src is Source.SCHEDULER else 'sacct'} ({st.value}"
     reason += f", ExitCode {code}:{sig})" if code is not None else ")"
@@ -629,6 +630,29 @@ class SlurmBackend:
     async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
         script = [*_head(req), *_prepare(req), *_register(), *_start(req)]
         return _outcome(await transport.run("\n".join(script), timeout=timeout))
+
+    async def launch_many(self, transport: Transport, reqs: list[LaunchRequest], *,
+                          timeout: float) -> list[LaunchOutcome]:
+        """Several launches in ONE round trip (each in a subshell of its own, its output framed):
+        the batched submit. Each outcome is as :meth:`launch`'s; an answer cut short leaves the
+        launches it does not cover UNKNOWN."""
+        parts = []
+        for i, req in enumerate(reqs):
+            script = "\n".join([*_head(req), *_prepare(req), *_register(), *_start(req)])
+            parts.append(f"echo '==L {i}'; ( {script}\n) 2>&1; echo \"==X {i} $?\"")
+        r = await transport.run("\n".join(parts), timeout=timeout)
+        out: list[LaunchOutcome] = [LaunchOutcome(LaunchState.UNKNOWN, "no answer for this launch")] * len(reqs)
+        text: list[str] = []
+        for line in r.stdout.splitlines():
+            if line.startswith("==L "):
+                text = []
+            elif line.startswith("==X "):
+                _, idx, rc = line.split()
+                body = "\n".join(text)
+                out[int(idx)] = _outcome(CommandResult("launch", int(rc), body, body, 0.0))
+            else:
+                text.append(line)
+        return out
 
     async def prepare(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
         return _outcome(await transport.run("\n".join([*_head(req), *_prepare(req)]), timeout=timeout), "-")

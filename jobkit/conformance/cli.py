@@ -43,6 +43,12 @@ def main_conformance(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before anything starts (a lab, a build, a run).
     names = list(dict.fromkeys(t.strip() for raw in (args.target or []) for t in raw.split(",") if t.strip()))
     names = names or default_targets()
+    from jobkit.lab.slurm import is_slurm_target
+
+    if any(is_slurm_target(n) for n in names):
+        if not all(is_slurm_target(n) for n in names):
+            raise ConfigError("SLURM targets (slurm, slurm-noacct) run the S- clauses: give them without others")
+        return _main_slurm(args, names)
     wrapper = text_file(args.wrapper or str(wrapper_dir() / "job_wrapper.sh"), "wrapper")
     schema = text_file(args.schema or str(wrapper_dir() / "server_schema.sql"), "schema")
     unknown = [c for c in (args.clause or []) if c not in {c.id for c in CLAUSES}]
@@ -94,6 +100,54 @@ def main_conformance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_slurm(args: argparse.Namespace, names: list[str]) -> int:
+    """The S- clauses (jobkit.conformance.slurm) on SLURM lab clusters, with jobkit's SLURM
+    backend, or ``--broken NAME`` (one of the teeth test's broken backends)."""
+    from jobkit.conformance.slurm import BROKEN, S_CLAUSES, SlurmTarget, run_slurm_target
+    from jobkit.lab import Lab, docker_available
+    from jobkit.lab.build import HASH_LABEL, build, image_label
+    from jobkit.lab.targets import get_target
+
+    unknown = [c for c in (args.clause or []) if c not in {c.id for c in S_CLAUSES}]
+    if unknown:
+        raise ConfigError(f"unknown S- clause(s) {', '.join(unknown)}; known: {', '.join(c.id for c in S_CLAUSES)}")
+    if args.broken is not None and args.broken not in BROKEN:
+        raise ConfigError(f"--broken {args.broken!r}: known: {', '.join(BROKEN)}")
+    if not docker_available():
+        raise ConfigError(f"target(s) {', '.join(names)} need a Docker engine, and none answers")
+    report_dir = writable_dir(args.report_dir, "--report-dir")
+    backend = BROKEN[args.broken][0]() if args.broken else None
+    results: list[Result] = []
+    started = time.monotonic()
+    with Lab() as lab:
+        for name in names:
+            if not image_label(get_target(name).image, HASH_LABEL):
+                build(name)
+            host = lab.start(name)
+            target = SlurmTarget(name, host.spec, host.extra["cluster"])
+
+            def progress(r: Result) -> None:
+                print(f"{r.target}: {r.clause} {'ok' if r.outcome == PASS else r.outcome} ({r.seconds:.1f}s)"
+                      + (f": {r.message}" if r.outcome != PASS else ""), flush=True)
+
+            results += asyncio.run(run_slurm_target(target, args.clause, backend, progress))
+    seconds = time.monotonic() - started
+    labels = {n: n for n in names}
+    print(terminal(results, labels))
+    meta: dict[str, Any] = {"backend": args.broken or "slurm", "targets": names, "seconds": round(seconds, 1)}
+    try:
+        paths = write_all(results, report_dir, meta, labels)
+    except OSError as exc:
+        raise JobkitError(f"the run is over but its reports could not be written to {report_dir}: {exc}") from exc
+    print(f"\n{len(results)} clause results on {len(names)} cluster(s) in {seconds:.0f}s; reports: "
+          + ", ".join(str(p) for p in paths))
+    bad = failed_must(results)
+    if bad:
+        print(f"jobkit conformance: {len(bad)} MUST clause result(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 async def _run(args: argparse.Namespace, targets: list[TargetSpec], wrapper: Path, schema: Path) -> list[Result]:
     interactive = sys.stdout.isatty()
     total = len(targets) * len([c for c in CLAUSES if not args.clause or c.id in args.clause])
@@ -137,4 +191,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
     p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
+    p.add_argument("--broken", help="SLURM targets: run the S- clauses against one of the broken backends of the "
+                                    "teeth test (absent-is-completed, timeout-is-completed): its clause must fail")
     p.set_defaults(handler=main_conformance)
