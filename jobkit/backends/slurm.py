@@ -640,7 +640,9 @@ class SlurmBackend:
         for i, req in enumerate(reqs):
             script = "\n".join([*_head(req), *_prepare(req), *_register(), *_start(req)])
             parts.append(f"echo '==L {i}'; ( {script}\n) 2>&1; echo \"==X {i} $?\"")
-        r = await transport.run("\n".join(parts), timeout=timeout)
+        # the scripts go on stdin: an exec request's command line is bounded (sshd drops the
+        # connection for a long one)
+        r = await transport.run("sh -s", stdin="\n".join(parts) + "\n", timeout=timeout)
         out: list[LaunchOutcome] = [LaunchOutcome(LaunchState.UNKNOWN, "no answer for this launch")] * len(reqs)
         text: list[str] = []
         for line in r.stdout.splitlines():

@@ -86,3 +86,31 @@ def test_s3_passes_and_timeout_is_completed_fails_it(slurm_host: LabHost) -> Non
         return good.outcome, bad.outcome
 
     assert asyncio.run(both()) == (PASS, FAIL)
+
+
+def test_a_batch_of_submits_is_one_round_trip_and_idempotent(slurm_host: LabHost) -> None:
+    import secrets
+
+    from jobkit.backends.base import LaunchRequest, LaunchState
+    from jobkit.backends.slurm import SlurmBackend
+    from jobkit.transport_ssh import SSHTransport
+
+    async def go() -> tuple[list[object], list[object], list[str]]:
+        t = SSHTransport(slurm_host.spec)
+        try:
+            tag = secrets.token_hex(3)
+            reqs = [LaunchRequest(f"bt{tag}-{i}", ["sh", "-c", f"exit {i}"], token=secrets.token_hex(8))
+                    for i in range(5)]
+            first = await SlurmBackend().launch_many(t, reqs, timeout=60)
+            again = await SlurmBackend().launch_many(t, reqs, timeout=60)
+            names = (await t.run(f"squeue -h -t all -n {','.join(r.job_id for r in reqs)} -o %j", timeout=30)).stdout
+            return list(first), list(again), sorted(names.split())
+        finally:
+            await t.close()
+
+    first, again, names = asyncio.run(go())
+    assert [o.state for o in first] == [LaunchState.LAUNCHED] * 5, first  # type: ignore[attr-defined]
+    assert all(o.scheduler_id for o in first), first  # type: ignore[attr-defined]
+    assert [o.state for o in again] == [LaunchState.ALREADY] * 5, again  # type: ignore[attr-defined]
+    assert [o.scheduler_id for o in again] == [o.scheduler_id for o in first]  # type: ignore[attr-defined]
+    assert len(names) == 5, names  # each submitted once
