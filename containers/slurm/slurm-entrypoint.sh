@@ -81,6 +81,10 @@ case $role in
   controller|single)
     if [ "$acct" = 1 ]; then start_accounting; fi
     slurmctld
+    # the job completion log must be open to users for `sacct -c` (Slurm 22.05's reader opens it
+    # read-write: 0644 is "Permission denied"); slurmctld sets its mode when it starts: after it
+    i=0; until scontrol ping 2>/dev/null | grep -q UP; do i=$((i + 1)); [ "$i" -lt 300 ] || break; sleep 0.1; done
+    touch /var/log/slurm/jobcomp.txt && chmod 666 /var/log/slurm/jobcomp.txt
     if [ "$role" = single ]; then slurmd; fi
     exec /bin/sh /usr/local/sbin/jobkit-entrypoint ;;
   compute)

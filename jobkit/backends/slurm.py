@@ -265,6 +265,9 @@ def parse_probe(output: str, queries: list[JobQuery]) -> ProbeResult:
             if name == "fenced":
                 fenced.add(rest)
                 continue
+            if name == "sacct_mode":  # a note inside the sacct section, not a section of its own
+                header[name] = rest
+                continue
             current, header[name] = name, rest
             sections.setdefault(name, [])
         elif current:

@@ -286,3 +286,11 @@ def test_batch_script_runs_the_wrapper_without_a_database() -> None:
     assert "JOBKIT_DB=none JOBKIT_OUTPUT=files 'X=1 2'" in s
     assert "SLURM_RESTART_COUNT" in s  # a requeued run moves the previous run's files aside
     assert s.rstrip().endswith("j1 sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'")
+
+
+def test_probe_reads_the_completion_log_answer() -> None:
+    out = ("==now 1000000\n==boot b\n==squeue\n\n==squeue_rc 0\n==sacct\n==sacct_mode completion_log\n"
+           "12|FAILED|4:0|na2\n==sacct_rc 0\n==files\n==end\n")
+    ev = parse_probe(out, [JobQuery("na2")]).evidence["na2"]
+    assert ev.scheduler is not None
+    assert (ev.scheduler.accounting, ev.scheduler.acct_state, ev.scheduler.acct_exit) == ("ok", "FAILED", 4)
