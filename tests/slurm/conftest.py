@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,35 +14,20 @@ from typing import Any
 import pytest
 
 from jobkit import cli
-from jobkit.lab import Lab, LabHost
+from jobkit.lab import LabHost
 from jobkit.lab.slurm import Cluster
 from jobkit.store import Store
 
 
-def _host(lab: Lab, target: str) -> LabHost:
-    from jobkit.lab import docker_available
-    from jobkit.lab.build import image_id
-    from jobkit.lab.targets import get_target
-
-    if not docker_available() or image_id(get_target(target).image) is None:
-        pytest.skip(f"needs Docker and the {target} image (jobkit lab build {target})")
-    return lab.start(target)
+@pytest.fixture(scope="session")
+def slurm_host(jobkit_slurm: LabHost) -> LabHost:
+    """The plugin's session cluster (jobkit.pytest_plugin)."""
+    return jobkit_slurm
 
 
 @pytest.fixture(scope="session")
-def slurm_lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        yield lab
-
-
-@pytest.fixture(scope="session")
-def slurm_host(slurm_lab: Lab) -> LabHost:
-    return _host(slurm_lab, "slurm")
-
-
-@pytest.fixture(scope="session")
-def noacct_host(slurm_lab: Lab) -> LabHost:
-    return _host(slurm_lab, "slurm-noacct")
+def noacct_host(jobkit_slurm_noacct: LabHost) -> LabHost:
+    return jobkit_slurm_noacct
 
 
 @dataclass
