@@ -343,8 +343,10 @@ class Store:
                              "value = excluded.value", (str(now or time.time()),))
 
     def away_summary(self, since: float) -> dict[str, list[str]]:
-        """Jobs whose latest change since ``since`` made them completed, failed or lost."""
-        out: dict[str, list[str]] = {"completed": [], "failed": [], "lost": []}
+        """Jobs whose latest change since ``since`` made them final (completed, failed, and a
+        batch scheduler's ends: cancelled, timeout, ...) or lost."""
+        out: dict[str, list[str]] = {"completed": [], "failed": [], "lost": [],
+                                     **{s: [] for s in FINAL_STATUSES if s not in ("completed", "failed")}}
         for r in self._db.execute(
             "SELECT job_id, status FROM job_status_history h WHERE timestamp >= ? AND id = "
             "(SELECT max(id) FROM job_status_history WHERE job_id = h.job_id) ORDER BY id", (since,)):

@@ -3,6 +3,8 @@ and anything else: an unparsable line is reported, never a state) and the verdic
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -294,3 +296,34 @@ def test_probe_reads_the_completion_log_answer() -> None:
     ev = parse_probe(out, [JobQuery("na2")]).evidence["na2"]
     assert ev.scheduler is not None
     assert (ev.scheduler.accounting, ev.scheduler.acct_state, ev.scheduler.acct_exit) == ("ok", "FAILED", 4)
+
+
+# --- the store ------------------------------------------------------------------------------
+def test_the_scheduler_statuses_in_the_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    from jobkit.hosts import HostSpec
+    from jobkit.models import Verdict
+    from jobkit.store import Store, Update
+
+    s = Store(tmp_path / "store.db")
+    try:
+        s.add_host(HostSpec("cl", "127.0.0.1", 22, "u", tmp_path / "k", None, scheduler="slurm", partition="debug"))
+        assert (s.host("cl").scheduler, s.host("cl").partition) == ("slurm", "debug")
+        s.add_job("j", "cl", ["true"], now=1.0)
+        since = 2.0
+        for st_, code in ((JobStatus.RUNNING, None), (JobStatus.PENDING, None), (JobStatus.RUNNING, None),
+                          (JobStatus.TIMEOUT, 143)):
+            s.apply([Update(Verdict("j", st_, Source.SCHEDULER, "x", exit_code=code), s.job("j").version)], now=since)
+            since += 1
+        assert [h.status for h in s.history_entries("j")] == ["queued", "running", "pending", "running", "timeout"]
+        assert s.away_summary(2.0)["timeout"] == ["j"]
+        s.set_scheduler_id("j", "42")
+        assert s.job("j").scheduler_job_id == "42"
+    finally:
+        s.close()
+    # the database itself refuses to move a scheduler's final status
+    db = sqlite3.connect(tmp_path / "store.db")
+    with pytest.raises(sqlite3.IntegrityError, match="final status never changes"):
+        db.execute("UPDATE jobs SET status = 'running', version = version + 1 WHERE id = 'j'")
+    db.close()
