@@ -13,7 +13,7 @@ ctl=${JOBKIT_SLURM_CONTROLLER:-$me}
 nodes=${JOBKIT_SLURM_NODES:-$me}
 cpus=${JOBKIT_SLURM_CPUS:-2}
 min_job_age=${JOBKIT_SLURM_MIN_JOB_AGE:-10}
-: "${JOBKIT_MUNGE_KEY:?the lab passes the cluster's munge key}"
+: "${JOBKIT_MUNGE_KEY:?the lab passes the munge key of the cluster}"
 
 umask 022
 printf '%s' "$JOBKIT_MUNGE_KEY" | base64 -d >/etc/munge/munge.key
