@@ -11,22 +11,42 @@ class JobStatus(StrEnum):
     """A job's status. ``completed`` and ``failed`` are final and never change once recorded;
     ``lost`` means the outcome is not known (the state is lost, or the job ended where nothing
     could record its exit status): it is re-examined at every reconciliation and moves to a
-    final status as soon as a record of the end appears."""
+    final status as soon as a record of the end appears.
+
+    A batch scheduler adds what its users need to see: ``pending`` (the scheduler holds the job
+    in its queue: not started yet, or requeued after it ran: the one status a running job may go
+    back to) and the final statuses of the scheduler's own ends (``cancelled``, ``timeout``,
+    ``node_fail``, ``preempted``, ``out_of_memory``, ``boot_fail``, ``deadline``). The tmux
+    backend never produces them, and ``completed``/``failed`` mean what they always meant."""
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     LOST = "lost"
+    PENDING = "pending"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    OUT_OF_MEMORY = "out_of_memory"
+    BOOT_FAIL = "boot_fail"
+    DEADLINE = "deadline"
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self.value in FINAL_STATUSES
 
     @property
     def rank(self) -> int:
-        """Progress order: queued < running < lost < completed = failed (never backwards)."""
-        return {"queued": 0, "running": 1, "lost": 2, "completed": 3, "failed": 3}[self.value]
+        """Progress order: queued = pending < running < lost < every final (never backwards,
+        except a requeued batch job: running -> pending)."""
+        return 3 if self.final else {"queued": 0, "pending": 0, "running": 1, "lost": 2}[self.value]
+
+
+#: the final statuses: once recorded, never changed (the store's trigger enforces the same list)
+FINAL_STATUSES = ("completed", "failed", "cancelled", "timeout", "node_fail", "preempted", "out_of_memory",
+                  "boot_fail", "deadline")
 
 
 class Source(StrEnum):
@@ -34,6 +54,8 @@ class Source(StrEnum):
     STATE_FILE = "state_file"
     LIVENESS = "liveness"
     NONE = "none"
+    SCHEDULER = "scheduler"  # a batch scheduler's queue (squeue)
+    ACCOUNTING = "accounting"  # a batch scheduler's accounting (sacct, or its job completion log)
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,26 @@ class Liveness:
 
 
 @dataclass(frozen=True)
+class SchedulerEvidence:
+    """What a batch scheduler says of the job, as its commands answered (raw states: the backend
+    maps them). ``queue``: listed | absent (the queue answered without it) | error (no answer:
+    ``detail`` says why). ``accounting``: ok | absent (no record yet: lagging, or purged) |
+    disabled | error. ``unparsable``: lines of either answer that could not be read (never a
+    state: no information, reported)."""
+
+    queue: str
+    queue_state: str | None = None
+    queue_reason: str | None = None
+    accounting: str = "absent"
+    acct_state: str | None = None
+    acct_exit: int | None = None
+    acct_signal: int | None = None
+    scheduler_id: str | None = None
+    detail: str = ""
+    unparsable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HostState:
     reachable: bool
     error: str | None = None
@@ -122,6 +164,7 @@ class Evidence:
     file: FileEvidence | None = None
     live: Liveness = field(default_factory=Liveness)
     claim: Claim | None = None
+    scheduler: SchedulerEvidence | None = None  # a batch scheduler's view (None: a tmux host)
 
     def nothing_on_host(self) -> bool:
         """The host answered and holds nothing of the job: its database says there is no row,

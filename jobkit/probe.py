@@ -36,6 +36,7 @@ class JobQuery:
     pid: int | None = None
     proc_start: int | None = None
     fence: bool = False  # claim the id if nothing of the job is on the host (it then never starts)
+    scheduler_id: str | None = None  # a batch scheduler's id for the job, when recorded
 
 
 @dataclass

@@ -8,6 +8,9 @@
   (one container per target), with ``.spec`` (a :class:`jobkit.hosts.HostSpec`).
 - ``jobkit_destructive_host``: a ready host of its own, stopped after the test.
 - ``jobkit_lab``: the session's :class:`jobkit.lab.Lab`.
+- ``jobkit_slurm`` / ``jobkit_slurm_noacct``: the session's SLURM lab cluster (login node
+  ``.spec``, its scheduler ``slurm``; ``.extra["cluster"]`` the containers, for fault injectors),
+  started once per session; skipped when Docker or the image is missing.
 
 When a test using a host fails, the container's log (sshd) and the wrapper logs of that host
 are attached to the test's report.
@@ -60,6 +63,26 @@ def jobkit_lab() -> Iterator[Any]:
 
     with Lab() as lab:
         yield lab
+
+
+def _slurm(lab: Any, target: str) -> Any:
+    from jobkit.lab import docker_available
+    from jobkit.lab.build import image_id
+    from jobkit.lab.targets import get_target
+
+    if not docker_available() or image_id(get_target(target).image) is None:
+        pytest.skip(f"needs Docker and the {target} image (jobkit lab build {target})")
+    return lab.start(target)
+
+
+@pytest.fixture(scope="session")
+def jobkit_slurm(jobkit_lab: Any) -> Any:
+    return _slurm(jobkit_lab, "slurm")
+
+
+@pytest.fixture(scope="session")
+def jobkit_slurm_noacct(jobkit_lab: Any) -> Any:
+    return _slurm(jobkit_lab, "slurm-noacct")
 
 
 @pytest.fixture

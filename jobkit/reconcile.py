@@ -54,7 +54,7 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
     wall = observed_at if observed_at is not None else time.time()  # also when the evidence is gathered
     queries = [JobQuery(j.id, j.pid, j.proc_start,
                         fence=j.status is JobStatus.QUEUED and j.submitted_at is not None
-                        and wall - j.submitted_at > grace) for j in jobs]
+                        and wall - j.submitted_at > grace, scheduler_id=j.scheduler_job_id) for j in jobs]
     result = await backend.probe(transport, queries, base_dir, timeout=timeout)
     report.reachable, report.error = result.host.reachable, result.host.error
     updates: list[Update] = []

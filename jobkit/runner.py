@@ -49,7 +49,7 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
                  job_id: str | None = None, base_dir: str | None = None,
                  env: dict[str, str] | None = None, timeout: float = 10.0, cwd: str | None = None,
                  name: str | None = None, backend: Backend | None = None,
-                 checkpoint: Checkpoint | None = None) -> Submitted:
+                 checkpoint: Checkpoint | None = None, resources: dict[str, str] | None = None) -> Submitted:
     """Record the job, then launch it on the host: a saga of four logged steps (record locally,
     prepare the host, register the job there, start it), each idempotent for this submission.
 
@@ -65,11 +65,11 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
     cp = checkpoint or (lambda _point: None)
     job_id = validate_id(job_id) if job_id is not None else new_id()
     token = secrets.token_hex(8)
-    req = LaunchRequest(job_id, argv, base_dir, token, dict(env or {}), cwd, name)
+    req = LaunchRequest(job_id, argv, base_dir, token, dict(env or {}), cwd, name, dict(resources or {}))
     log = store.sync.sagas
     sid = await store.call(log.begin, "submit", {
         "job_id": job_id, "host": host, "argv": argv, "base_dir": base_dir, "token": token, "env": req.env,
-        "cwd": cwd, "name": name, "scheduler": backend.name})
+        "cwd": cwd, "name": name, "scheduler": backend.name, "resources": req.resources})
     cp("saga-begun")
 
     async def step(idx: int, what: str, act: Callable[[], Awaitable[LaunchOutcome | None]]) -> LaunchOutcome | None:
@@ -121,6 +121,8 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
         await step(1, "prepare", lambda: backend.prepare(transport, req, timeout=timeout))
         await step(2, "register", lambda: backend.register(transport, req, timeout=timeout))
         started = await step(3, "start", lambda: backend.start(transport, req, timeout=timeout))
+        if started is not None and started.scheduler_id:
+            await store.call(store.sync.set_scheduler_id, job_id, started.scheduler_id)
         await store.call(log.move, sid, SagaState.COMPLETED)
         cp("saga-end")
     finally:
@@ -132,7 +134,7 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
 def _request(saga: Saga) -> LaunchRequest:
     i = saga.input
     return LaunchRequest(i["job_id"], list(i["argv"]), i.get("base_dir"), i.get("token"), dict(i.get("env") or {}),
-                         i.get("cwd"), i.get("name"))
+                         i.get("cwd"), i.get("name"), dict(i.get("resources") or {}))
 
 
 TransportFor = Callable[[str], Transport]

@@ -121,7 +121,17 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
                           f"for {before.display}, and {source} now has {fingerprint(known)} for "
                           f"{host.user}@{host.address}:{host.port}; if you expect the change (the host was "
                           "reinstalled, or is another machine now), run again with --replace-host-key")
-    store.add_host(HostSpec(args.name, host.address, host.port, host.user, key, known, args.base_dir))
+    from jobkit.backends import SCHEDULERS
+
+    if args.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {args.scheduler!r}: known schedulers: {', '.join(SCHEDULERS)}")
+    if args.partition is not None:
+        if args.scheduler == "tmux":
+            raise ConfigError("--partition is for a batch scheduler's host (--scheduler slurm)")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.partition):
+            raise ConfigError(f"--partition {args.partition!r}: a partition name (A-Z a-z 0-9 _ . -)")
+    store.add_host(HostSpec(args.name, host.address, host.port, host.user, key, known, args.base_dir,
+                            scheduler=args.scheduler, partition=args.partition))
     via = f" (from {host.config} for {alias})" if host.config is not None and alias != host.address else ""
     print(f"host {args.name} {'updated' if before else 'added'}: {host.user}@{host.address}:{host.port}{via}; "
           f"key {key}; host key {fingerprint(known)} from {source}")
@@ -132,9 +142,12 @@ def cmd_hosts_ls(args: argparse.Namespace) -> int:
     hosts = Store(store_path()).hosts()
     if args.json:
         print(json.dumps([{"name": h.name, "address": h.address, "port": h.port, "user": h.user,
-                           "base_dir": h.base_dir} for h in hosts], indent=2))
+                           "base_dir": h.base_dir, "scheduler": h.scheduler, "partition": h.partition}
+                          for h in hosts], indent=2))
     else:
-        print(_table([[h.name, h.display, h.base_dir or "~/.jobkit"] for h in hosts], ["HOST", "ADDRESS", "BASE"]))
+        print(_table([[h.name, h.display, h.base_dir or "~/.jobkit", h.scheduler + (f" ({h.partition})"
+                                                                                    if h.partition else "")]
+                      for h in hosts], ["HOST", "ADDRESS", "BASE", "SCHEDULER"]))
     return 0
 
 
@@ -150,6 +163,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("--name: a short one-line name (1-200 characters)")
     store = _store()
     spec = store.sync.host(args.host)
+    resources = {k: str(v) for k in ("time", "cpus", "mem", "partition") if (v := getattr(args, k)) is not None}
+    if spec.partition and "partition" not in resources:
+        resources["partition"] = spec.partition
+    if resources and spec.scheduler == "tmux":
+        raise ConfigError(f"--{', --'.join(resources)}: host {spec.name} runs jobs with tmux, which has no "
+                          "resources to ask for (a batch scheduler's host has: --scheduler slurm)")
+    if resources:
+        from jobkit.backends.slurm import resource_args
+
+        resource_args(resources)  # bad values: one line, exit 2, before anything is recorded
     _recover_interrupted(store)
 
     async def go() -> str:
@@ -158,7 +181,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not args.no_deploy:
                 await deploy(t, spec.base_dir)
             s = await submit(t, store, spec.name, argv, job_id=args.id, base_dir=spec.base_dir,
-                             backend=backend_for(spec.scheduler), env=env, cwd=args.cwd, name=args.name)
+                             backend=backend_for(spec.scheduler), env=env, cwd=args.cwd, name=args.name,
+                             resources=resources)
             return s.job_id
         finally:
             await t.close()
@@ -488,6 +512,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cwd", metavar="DIR", help="the job's working directory on the host (~/ allowed; must exist)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
     p.add_argument("--name", help="a name for people, shown by jobkit status")
+    p.add_argument("--time", help="batch scheduler: time limit (SLURM --time: MM, HH:MM:SS, D-HH, ...)")
+    p.add_argument("--cpus", help="batch scheduler: CPUs for the job (SLURM --cpus-per-task)")
+    p.add_argument("--mem", help="batch scheduler: memory (SLURM --mem: e.g. 500M, 2G)")
+    p.add_argument("--partition", help="batch scheduler: partition (default: the host's)")
     p.add_argument("--json", action="store_true")
     p.add_argument("job_argv", nargs="*", metavar="COMMAND", help="the command and its arguments, after --")
     p.set_defaults(handler=cmd_submit)
@@ -553,6 +581,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--replace-host-key", action="store_true",
                    help="accept a host key that differs from the one pinned for this host name")
     p.add_argument("--base-dir", help="where the wrapper keeps its files on the host (default ~/.jobkit)")
+    p.add_argument("--scheduler", default="tmux", help="what runs its jobs: tmux (default) or slurm (jobs are "
+                                                        "batch jobs submitted from this login node)")
+    p.add_argument("--partition", help="a batch scheduler's default partition for this host's jobs")
     p.set_defaults(handler=cmd_hosts_add)
     p = hsub.add_parser("ls", help="list hosts")
     p.add_argument("--json", action="store_true")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from jobkit.errors import ConfigError, StoreError
 from jobkit.hosts import HostSpec
-from jobkit.models import JobStatus, Known, Verdict
+from jobkit.models import FINAL_STATUSES, JobStatus, Known, Verdict
 from jobkit.sagas import SagaLog
 
 T = TypeVar("T")
@@ -80,9 +80,18 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE hosts ADD COLUMN scheduler TEXT NOT NULL DEFAULT 'tmux'",
         "ALTER TABLE hosts ADD COLUMN partition TEXT",
     ],
+    # 5: a batch scheduler's statuses: its final ones never change either (pending is not final)
+    [
+        "DROP TRIGGER jobs_final_never_changes",
+        f"""CREATE TRIGGER jobs_final_never_changes BEFORE UPDATE ON jobs
+           WHEN OLD.status IN ({", ".join(repr(s) for s in FINAL_STATUSES)})
+                AND (NEW.status IS NOT OLD.status OR NEW.exit_code IS NOT OLD.exit_code)
+           BEGIN SELECT RAISE(ABORT, 'jobkit: a final status never changes'); END""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-ACTIVE = ("queued", "running", "lost")
+_FINAL_SQL = ", ".join(repr(s) for s in FINAL_STATUSES)
+ACTIVE = ("queued", "running", "lost", "pending")
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,12 @@ class Store:
                 (job_id, host, json.dumps(command), now, now, now, token, name, work_dir))
             self._history(job_id, "queued", now, "client", "submitted", None, 0, now)
 
+    def set_scheduler_id(self, job_id: str, scheduler_id: str) -> None:
+        """The batch scheduler's id of the job (a fact of its submission, not a status)."""
+        with self._tx():
+            self._db.execute("UPDATE jobs SET scheduler_job_id = ?, version = version + 1 "
+                             "WHERE id = ? AND scheduler_job_id IS NULL", (scheduler_id, job_id))
+
     def forget_unlaunched(self, job_id: str, token: str | None) -> bool:
         """Remove a job whose launch was refused before anything started (its id was used on
         the host): as if it had never been submitted. Only a row still ``queued`` by this very
@@ -281,9 +296,9 @@ class Store:
                 host_now = facts.get("host_now") or now
                 self._db.execute(
                     "UPDATE jobs SET status=?, status_source=?, reason=?, stale=?, conflict=?, "
-                    "exit_code=CASE WHEN status IN ('completed','failed') THEN exit_code "
+                    f"exit_code=CASE WHEN status IN ({_FINAL_SQL}) THEN exit_code "
                     "ELSE coalesce(?, exit_code) END, signal=coalesce(?, signal), "
-                    "completed_at=CASE WHEN ? IN ('completed','failed') THEN coalesce(completed_at, ?) "
+                    f"completed_at=CASE WHEN ? IN ({_FINAL_SQL}) THEN coalesce(completed_at, ?) "
                     "ELSE completed_at END, pid=coalesce(?, pid), proc_start=coalesce(?, proc_start), "
                     "boot_id=coalesce(?, boot_id), last_alive_at=CASE WHEN ? THEN ? ELSE last_alive_at END, "
                     "wrapper_gone_at=CASE WHEN ? THEN coalesce(wrapper_gone_at, ?) ELSE wrapper_gone_at END, "
@@ -328,8 +343,10 @@ class Store:
                              "value = excluded.value", (str(now or time.time()),))
 
     def away_summary(self, since: float) -> dict[str, list[str]]:
-        """Jobs whose latest change since ``since`` made them completed, failed or lost."""
-        out: dict[str, list[str]] = {"completed": [], "failed": [], "lost": []}
+        """Jobs whose latest change since ``since`` made them final (completed, failed, and a
+        batch scheduler's ends: cancelled, timeout, ...) or lost."""
+        out: dict[str, list[str]] = {"completed": [], "failed": [], "lost": [],
+                                     **{s: [] for s in FINAL_STATUSES if s not in ("completed", "failed")}}
         for r in self._db.execute(
             "SELECT job_id, status FROM job_status_history h WHERE timestamp >= ? AND id = "
             "(SELECT max(id) FROM job_status_history WHERE job_id = h.job_id) ORDER BY id", (since,)):

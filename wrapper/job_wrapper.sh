@@ -45,6 +45,13 @@ case $output in
   '' | files) ;;
   *) printf 'jobkit-wrapper: JOBKIT_OUTPUT must be unset, empty or "files"\n' >&2; exit 64 ;;
 esac
+# JOBKIT_DB=none: no server.db record (a batch scheduler's shared filesystem, where SQLite is
+# unsafe): the state file is the wrapper's only record, the scheduler's accounting the other one.
+db_mode=${JOBKIT_DB:-sqlite}
+case $db_mode in
+  sqlite | none) ;;
+  *) printf 'jobkit-wrapper: JOBKIT_DB must be unset, empty, "sqlite" or "none"\n' >&2; exit 64 ;;
+esac
 
 base=${JOBKIT_BASE_DIR:-}
 if [ -z "$base" ]; then
@@ -271,6 +278,7 @@ nl='
 db_nockpt='.dbconfig no_ckpt_on_close on'
 db_update() { # SET-clause [running]; sets db_state (ok|locked|missing|corrupt|wrong_schema|no_row|no_sqlite3|error)
   db_detail=
+  if [ "$db_mode" = none ]; then db_state=none; return 0; fi # no database: nothing to record there
   where="id = '$job_id'" changes='changes()'
   if [ "${2:-}" = running ]; then
     # The final UPDATE runs beside this one and may commit first: never write over a final
@@ -391,10 +399,11 @@ fi
 { printf 'jobkit-wrapper[%s] %s: claimed (start %s)\n' "$$" "$job_id" "$wrapper_start" >>"$log"; } 2>/dev/null ||
   cannot_write "no space for data: the disk is full"
 
-# SQLite locking, WAL and flock are unreliable on network filesystems: refuse them.
+# SQLite locking, WAL and flock are unreliable on network filesystems: refuse them (unless no
+# database is used: JOBKIT_DB=none, the state file alone is written, by rename).
 env_default=''
 netfs_types=${JOBKIT_NETFS_TYPES-nfs nfs4 cifs smb3 smbfs 9p fuse.sshfs}
-if [ "${JOBKIT_ALLOW_NETFS:-0}" != 1 ] && [ -n "$netfs_types" ] && [ -r /proc/mounts ]; then
+if [ "${JOBKIT_ALLOW_NETFS:-0}" != 1 ] && [ "$db_mode" != none ] && [ -n "$netfs_types" ] && [ -r /proc/mounts ]; then
   # Is there a network mount at all? The state directory's real path (one fork) is only needed
   # when there is one. /proc/mounts is read by one cat (the shell's `read` takes it byte by
   # byte: 3 ms in dash, 14 ms in BusyBox ash), under `env --default-signal`, which tells at

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from jobkit.backends.base import Backend, FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState
+from jobkit.backends.slurm import SlurmBackend
 from jobkit.backends.tmux import TmuxBackend
 from jobkit.errors import ConfigError
 
 __all__ = ["SCHEDULERS", "Backend", "FenceOutcome", "LaunchOutcome", "LaunchRequest", "LaunchState",
-           "TmuxBackend", "backend_for"]
+           "SlurmBackend", "TmuxBackend", "backend_for"]
 
 #: scheduler name -> backend class
-SCHEDULERS: dict[str, type] = {"tmux": TmuxBackend}
+SCHEDULERS: dict[str, type] = {"tmux": TmuxBackend, "slurm": SlurmBackend}
 
 
 def backend_for(scheduler: str | None) -> Backend:

@@ -52,6 +52,13 @@ def main_conformance(args: argparse.Namespace) -> int:
             raise ConfigError("usage: jobkit conformance [options] | jobkit conformance diff OLD.json NEW.json")
         return main_diff(args.command[1], args.command[2])
     # Everything the user gave is checked before anything starts (a lab, a build, a run).
+    from jobkit.lab.slurm import is_slurm_target
+
+    given = list(dict.fromkeys(t.strip() for raw in (args.target or []) for t in raw.split(",") if t.strip()))
+    if any(is_slurm_target(n) for n in given):  # a scheduler's cluster: the S- clauses
+        if not all(is_slurm_target(n) for n in given):
+            raise ConfigError("SLURM targets (slurm, slurm-noacct) run the S- clauses: give them without others")
+        return _main_slurm(args, given)
     chosen = gate.select(CLAUSES, args.clause, args.skip_clause)
     if args.list:
         print(list_text(chosen))
@@ -186,6 +193,57 @@ def main_diff(old_path: str, new_path: str) -> int:
     return gate.EXIT_OK
 
 
+def _main_slurm(args: argparse.Namespace, names: list[str]) -> int:
+    """The S- clauses (jobkit.conformance.slurm) on SLURM lab clusters, with jobkit's SLURM
+    backend, or ``--broken NAME`` (one of the teeth test's broken backends)."""
+    from jobkit.conformance.slurm import BROKEN, S_CLAUSES, SlurmTarget, run_slurm_target
+    from jobkit.lab import Lab, docker_available
+    from jobkit.lab.build import HASH_LABEL, build, image_label
+    from jobkit.lab.targets import get_target
+
+    unknown = [c for c in (args.clause or []) if c not in {c.id for c in S_CLAUSES}]
+    if unknown:
+        raise ConfigError(f"unknown S- clause(s) {', '.join(unknown)}; known: {', '.join(c.id for c in S_CLAUSES)}")
+    if args.broken is not None and args.broken not in BROKEN:
+        raise ConfigError(f"--broken {args.broken!r}: known: {', '.join(BROKEN)}")
+    if not docker_available():
+        raise ConfigError(f"target(s) {', '.join(names)} need a Docker engine, and none answers")
+    report_dir = writable_dir(args.report_dir, "--report-dir")
+    backend = BROKEN[args.broken][0]() if args.broken else None
+    results: list[Result] = []
+    started = time.monotonic()
+    with Lab() as lab:
+        for name in names:
+            if not image_label(get_target(name).image, HASH_LABEL):
+                build(name)
+            host = lab.start(name)
+            target = SlurmTarget(name, host.spec, host.extra["cluster"])
+
+            def progress(r: Result) -> None:
+                print(f"{r.target}: {r.clause} {'ok' if r.outcome == PASS else r.outcome} ({r.seconds:.1f}s)"
+                      + (f": {r.message}" if r.outcome != PASS else ""), flush=True)
+
+            results += asyncio.run(run_slurm_target(target, args.clause, backend, progress))
+    seconds = time.monotonic() - started
+    labels = {n: n for n in names}
+    print(terminal(results, labels))
+    code = gate.exit_code(results, [])
+    meta: dict[str, Any] = {"backend": args.broken or "slurm", "wrapper": "jobkit's (run by the SLURM backend)",
+                            "schema": "", "base_dir": "", "targets": names, "seconds": round(seconds, 1),
+                            "repeat": 1, "exit_code": code}
+    try:
+        paths = write_all(results, report_dir, meta, labels)
+    except OSError as exc:
+        raise JobkitError(f"the run is over but its reports could not be written to {report_dir}: {exc}") from exc
+    print(f"\n{len(results)} clause results on {len(names)} cluster(s) in {seconds:.0f}s; reports: "
+          + ", ".join(str(p) for p in paths))
+    if code == gate.EXIT_FAIL:
+        print("jobkit conformance: a MUST clause failed: exit 1", file=sys.stderr)
+    elif code == gate.EXIT_INFRA:
+        print("jobkit conformance: no clause failed, but some results are errors: exit 3", file=sys.stderr)
+    return code
+
+
 async def _run(args: argparse.Namespace, targets: list[TargetSpec], wrapper: Path, schema: Path,
                clause_ids: list[str], repro: Any, prefix: str = "") -> list[Result]:
     live = LiveProgress([t.name for t in targets], len(clause_ids), prefix) if sys.stdout.isatty() else None
@@ -300,4 +358,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "and how to remove them (jobkit lab down ID)")
     from jobkit.conformance.mutate import register_arguments as mutate_arguments
     mutate_arguments(p)
+    p.add_argument("--broken", help="SLURM targets: run the S- clauses against one of the broken backends of the "
+                                    "teeth test (absent-is-completed, timeout-is-completed): its clause must fail")
     p.set_defaults(handler=main_conformance)

@@ -34,6 +34,7 @@ from jobkit.lab.build import image_id
 from jobkit.lab.keys import ClientKey, client_key, host_key
 from jobkit.lab.local import LocalTarget
 from jobkit.lab.session import Owner, create_kept_dir, create_workdir, reap_kept_dirs, remove_workdir, stop_processes
+from jobkit.lab.slurm import ContainerHandle, is_slurm_target, reap_unused, start_cluster, wait_ready
 from jobkit.lab.targets import Target, get_target, load_manifest, offline_targets
 from jobkit.transport_ssh import SSHTransport
 
@@ -155,6 +156,9 @@ def reap_orphans(keep_session: str | None = None) -> int:
             with contextlib.suppress(Exception):
                 c.remove(force=True)
                 removed += 1
+        # a SLURM cluster's network and home volume: once no container uses them
+        reap_unused(client, LABEL, lambda labels: labels.get(f"{LABEL}.session") != keep_session
+                    and labels.get(f"{LABEL}.keep") != "1" and not owner_of(labels).alive())
     finally:
         client.close()
     reap_kept_dirs(keydirs)
@@ -245,6 +249,8 @@ class Lab:
             if keep:
                 raise ConfigError("the local target runs inside its session's process: it cannot be kept")
             host = self._start_local()
+        elif is_slurm_target(target):
+            host = self._start_slurm(target, keep=keep)
         else:
             host = self._start_docker(target, keep=keep)
         if keep:
@@ -289,7 +295,7 @@ class Lab:
             raise
         return LabHost("local", spec, report, time.monotonic() - start, local=local)
 
-    def _start_docker(self, name: str, keep: bool = False) -> LabHost:
+    def _check_image(self, name: str) -> Target:
         target = get_target(name)
         if not docker_available():
             raise ConfigError(f"lab target {name} needs a Docker engine, and none answers"
@@ -300,14 +306,56 @@ class Lab:
         if not self._reaped:
             reap_orphans(keep_session=self.session)
             self._reaped = True
-        start = time.monotonic()
-        hk = host_key()
-        key, labels = self.key, {LABEL: "1", f"{LABEL}.session": self.session, **Owner.current().labels(LABEL),
-                                 f"{LABEL}.target": name, f"{LABEL}.keep": "1" if keep else "0"}
+        return target
+
+    def _labels(self, name: str, keep: bool) -> tuple[dict[str, str], Path | None]:
+        labels = {LABEL: "1", f"{LABEL}.session": self.session, **Owner.current().labels(LABEL),
+                  f"{LABEL}.target": name, f"{LABEL}.keep": "1" if keep else "0"}
         keydir: Path | None = None
         if keep:  # its key outlives this session: it lives in a directory that goes with the container
             keydir = create_kept_dir(f"{name}-{self.session}")
             labels[f"{LABEL}.keydir"] = keydir.name
+        return labels, keydir
+
+    def _start_slurm(self, name: str, keep: bool = False) -> LabHost:
+        """A SLURM cluster (:mod:`jobkit.lab.slurm`); the host is its login node."""
+        target = self._check_image(name)
+        start = time.monotonic()
+        hk = host_key()
+        labels, keydir = self._labels(name, keep)
+        cluster = None
+        try:
+            key = client_key(keydir) if keydir is not None else self.key
+            cluster = start_cluster(docker_client(timeout=60), name, target.image, labels,
+                                    host_key_private=hk.private_openssh, authorized_key=key.public)
+            handle = ContainerHandle(cluster)
+            port = int(handle.get_exposed_port(22))
+            spec = HostSpec(name=name, address="127.0.0.1", port=port, user="jobkit", private_key=key.path,
+                            known_host_key=hk.public, labels={"target": name, "image": target.image},
+                            scheduler="slurm")
+            deadline = time.monotonic() + READY_TIMEOUT * 3
+            report = _ready(spec, deadline)
+            wait_ready(cluster, deadline)
+        except BaseException as exc:
+            logs = ""
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    logs = "\n".join(f"--- {n}: " + c.logs().decode("utf-8", "replace")[-1500:]
+                                      for n, c in cluster.containers.items())
+                cluster.remove()
+            if keydir is not None:
+                remove_workdir(keydir)
+            if not isinstance(exc, Exception):
+                raise
+            raise JobkitError(f"lab target {name} did not become ready: {exc}", host=name, stderr=logs) from exc
+        return LabHost(name, spec, report, time.monotonic() - start, container=handle, extra={"cluster": cluster})
+
+    def _start_docker(self, name: str, keep: bool = False) -> LabHost:
+        target = self._check_image(name)
+        start = time.monotonic()
+        hk = host_key()
+        key = self.key
+        labels, keydir = self._labels(name, keep)
         container = None
         try:
             if keydir is not None:

@@ -109,9 +109,9 @@ def input_hash(target: Target, base_id: str | None) -> str:
     root = containers_dir()
     h = hashlib.sha256()
     files = [root / target.dockerfile, *sorted((root / "common").iterdir()), *sorted((root / "packages").iterdir())]
-    extra = root / Path(target.dockerfile).parent / "assemble.sh"
-    if extra.exists():
-        files.append(extra)
+    # every other file beside the Dockerfile (busybox's assemble.sh, the SLURM entrypoint)
+    here = root / Path(target.dockerfile).parent
+    files += sorted(f for f in here.iterdir() if f.is_file() and f.name != Path(target.dockerfile).name)
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(f"base={base_id}".encode())

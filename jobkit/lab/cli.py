@@ -153,6 +153,10 @@ def _down(client: Any, args: argparse.Namespace) -> int:
     if refused:
         raise ConfigError(f"not removed: {', '.join(refused)} in use by a running lab session "
                           "(it goes when that session ends)")
+    for c in list(chosen.values()):  # a cluster goes as a whole
+        tag = (c.labels or {}).get(f"{LABEL}.cluster")
+        if tag:
+            chosen.update({o.id: o for o in containers if (o.labels or {}).get(f"{LABEL}.cluster") == tag})
     skipped = 0
     if by_target or not args.targets:
         for c in containers:
@@ -177,6 +181,11 @@ def _down(client: Any, args: argparse.Namespace) -> int:
             remove_workdir(kept_root() / keydir)
         print(f"removed {c.short_id} ({labels.get(f'{LABEL}.target', '?')}, "
               f"{'kept by lab up' if labels.get(f'{LABEL}.keep') == '1' else 'its session is gone'})")
+    from jobkit.lab.slurm import reap_unused
+
+    gone = {(c.labels or {}).get(f"{LABEL}.cluster") for c in chosen.values()} - {None}
+    reap_unused(client, LABEL, lambda labels: labels.get(f"{LABEL}.cluster") in gone
+                or (labels.get(f"{LABEL}.keep") != "1" and _owner_gone(labels)))
     reap_kept_dirs({(c.labels or {}).get(f"{LABEL}.keydir", "") for c in _lab_containers(client)})
     note = f"; left {skipped} container(s) of running lab sessions alone" if skipped else ""
     print(f"removed {removed} lab container(s){note}")

@@ -631,3 +631,44 @@ err_file() { printf '%s/jobs/%s.err' "$BASE" "$1"; }
   [[ $stderr == *JOBKIT_OUTPUT* ]]
   [ ! -e "$BASE/jobs/bad1.wrapper.log" ]
 }
+
+# --- no database (JOBKIT_DB=none: a batch scheduler's shared filesystem) -----------------------
+@test "JOBKIT_DB=none: no server.db needed or touched; the state file is the record (db: none)" {
+  rm -f "$BASE/server.db"
+  JOBKIT_DB=none JOBKIT_OUTPUT=files run -4 --separate-stderr wrapper nodb1 sh -c 'echo hi; exit 4'
+  assert_equal "$stderr" ""
+  assert_equal "$(field nodb1 status)" failed
+  assert_equal "$(field nodb1 exit_code)" 4
+  assert_equal "$(field nodb1 db)" none
+  assert_equal "$(cat "$BASE/jobs/nodb1.out")" hi
+  [ ! -e "$BASE/server.db" ]
+  JOBKIT_DB=none run -0 wrapper nodb2 true
+  assert_equal "$(field nodb2 status)" completed
+  assert_equal "$(field nodb2 db)" none
+  JOBKIT_DB=none run -67 wrapper nodb2 true   # a used id is still refused
+}
+
+@test "JOBKIT_DB=none: a signal is recorded in the state file as with a database" {
+  JOBKIT_DB=none start_wrapper nodb3 sleep 30 >/dev/null 2>&1
+  local w=$WPID
+  wait_status nodb3 running
+  kill -TERM "$w"
+  wait "$w" || true
+  assert_equal "$(field nodb3 status)" failed
+  assert_equal "$(field nodb3 signal)" TERM
+  assert_equal "$(field nodb3 db)" none
+}
+
+@test "JOBKIT_DB=none: a network filesystem is allowed (nothing but the state file is written)" {
+  mkdir -p "$BASE/jobs"
+  mount -t tmpfs -o size=1m tmpfs "$BASE/jobs"
+  JOBKIT_DB=none JOBKIT_NETFS_TYPES="nfs tmpfs" run -0 --separate-stderr wrapper nfsok true
+  local st; st=$(field nfsok status)
+  umount "$BASE/jobs"
+  assert_equal "$st" completed
+}
+
+@test "JOBKIT_DB: any other value is refused with exit 64" {
+  JOBKIT_DB=mysql run -64 --separate-stderr wrapper nodb4 true
+  [[ $stderr == *JOBKIT_DB* ]]
+}

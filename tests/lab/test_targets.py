@@ -51,6 +51,11 @@ for t in bash flock perl; do if command -v $t >/dev/null 2>&1; then echo "$t=tru
 g=false; if env --default-signal=INT true 2>/dev/null; then g=true; fi; echo "gnu_env_default_signal=$g"
 echo "sqlite3=$(sqlite3 --version | cut -d' ' -f1)"
 echo "tmux=$(tmux -V | cut -d' ' -f2)"
+if command -v sinfo >/dev/null 2>&1; then
+  echo "slurm=$(sinfo -V | cut -d' ' -f2 | cut -d. -f1,2)"
+  if sacctmgr -n list cluster >/dev/null 2>&1; then echo accounting=true; else echo accounting=false; fi
+  echo "nodes=$(sinfo -h -N -o %N | sort -u | wc -l)"
+fi
 """
 
 

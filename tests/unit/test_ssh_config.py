@@ -181,4 +181,4 @@ def test_hosts_ls_shows_what_was_resolved(home: Path, capsys: pytest.CaptureFixt
     rc, out, _ = run(capsys, "hosts", "ls", "--json")
     assert rc == 0
     assert json.loads(out)[0] == {"name": "w", "address": "10.0.0.7", "port": 2022, "user": "alice",
-                                  "base_dir": None}
+                                  "base_dir": None, "scheduler": "tmux", "partition": None}
