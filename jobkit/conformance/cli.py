@@ -265,7 +265,8 @@ async def _run(args: argparse.Namespace, targets: list[TargetSpec], wrapper: Pat
         if live is not None:
             live.start()
         return await run_all(targets, wrapper=wrapper, schema=schema, base_dir=args.base_dir,
-                             clause_ids=clause_ids, progress=progress, parallel=args.parallel,
+                             clause_ids=clause_ids, progress=progress,
+                             parallel=args.parallel or min(8, max(1, len(targets))),
                              clause_timeout=args.clause_timeout, repro=repro)
     finally:
         if live is not None:
@@ -352,7 +353,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--key", help="private key for ssh:// targets")
     p.add_argument("--known-hosts", help="known_hosts file with the ssh:// target's host key")
     p.add_argument("--report-dir", default="reports/conformance", help="where the reports go")
-    p.add_argument("--parallel", type=positive_int, default=2, help="targets checked at once (default 2)")
+    p.add_argument("--parallel", type=positive_int, default=None,
+                   help="targets checked at once (default: every target at once, at most 8: a clause mostly waits "
+                        "on its host, so the targets' clauses overlap; with --mutate, 2 variants at once)")
     p.add_argument("--keep-failed", action="store_true",
                    help="lab targets where a clause failed stay up after the run; the report says how to log in "
                         "and how to remove them (jobkit lab down ID)")

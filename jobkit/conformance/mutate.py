@@ -407,7 +407,7 @@ def main_mutate(args: argparse.Namespace) -> int:
             raise ConfigError(f"target {target} needs a Docker engine, and none answers")
     report_dir = writable_dir(args.report_dir, "--report-dir")
     wrapper_text = wrapper.read_text()
-    workers_n = 1 if target.startswith("ssh://") else args.parallel
+    workers_n = 1 if target.startswith("ssh://") else (args.parallel or 2)
     applicable = sum(1 for _, t, _ in make_variants(wrapper_text, operators) if t is not None)
     workers_n = max(1, min(workers_n, applicable))
 

@@ -81,7 +81,8 @@ def save(directory: Path, names: list[str] | None = None, *, targets: dict[str, 
          say: Say = _say) -> list[Entry]:
     """Save the built images of NAMES (default: every offline target) and their bases into DIRECTORY."""
     manifest = targets or load_manifest()
-    names = names or [n for n in (offline_targets() if targets is None else manifest) if manifest[n].offline]
+    every = offline_targets(clusters=True) if targets is None else manifest
+    names = names or [n for n in every if manifest[n].offline]
     for n in names:
         if n not in manifest:
             raise ConfigError(f"unknown lab target {n!r}; known: {', '.join(manifest)}")

@@ -25,7 +25,7 @@ LABEL = "jobkit.lab"
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    names = args.targets or offline_targets()
+    names = args.targets or offline_targets(clusters=True)
     for n in names:
         r = build(n, force=args.force)
         print(f"{r.target:<16} {r.image:<28} {'built' if r.built else 'cached'} in {r.seconds:.1f}s")

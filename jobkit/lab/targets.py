@@ -44,8 +44,11 @@ def load_manifest(path: Path | None = None) -> dict[str, Target]:
     }
 
 
-def offline_targets() -> list[str]:
-    return [n for n, t in load_manifest().items() if t.offline]
+def offline_targets(*, clusters: bool = False) -> list[str]:
+    """The targets buildable without a registry: single SSH hosts (what the W- and R- clauses,
+    the runtime tests and the default conformance run use); with ``clusters`` also the batch
+    scheduler clusters (``slurm``, ``slurm-noacct``: the S- clauses and ``tests/slurm``)."""
+    return [n for n, t in load_manifest().items() if t.offline and (clusters or t.family != "slurm")]
 
 
 def get_target(name: str) -> Target:

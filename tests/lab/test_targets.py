@@ -15,7 +15,7 @@ from jobkit.transport_ssh import SSHTransport
 from tests.lab.scenarios import wrapper_end_to_end
 
 pytestmark = pytest.mark.container
-TARGETS = offline_targets()
+TARGETS = offline_targets(clusters=True)
 
 
 @pytest.fixture(params=TARGETS)
