@@ -14,6 +14,7 @@ APT_PACKAGES=(
   shellcheck                               # lints the wrapper and the scripts
   openssh-client openssh-server            # ssh(1) for printed command lines; sshd for tests
   debootstrap docker.io                    # offline lab images
+  podman                                   # the lab on rootful Podman (tests/lab/test_podman.py)
   python3-venv
 )
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
