@@ -507,6 +507,21 @@ fi
 ) &
 job_pid=$!
 [ -z "$sig_name" ] || { signal_group "$sig_name" "$job_pid" || kill -s "$sig_name" "$job_pid"; start_timer; } 2>/dev/null
+# The running state says pgid = pid: make it true before writing it. setsid runs a moment after
+# the fork (an exec away); until then the group does not exist and `kill -- -PGID` by a reader
+# of the state file would find no such process. Builtin reads of /proc only, bounded (a system
+# without /proc, or a child that cannot become a group leader, just goes on).
+j_n=0
+while [ "$j_n" -lt 3000 ]; do
+  j_line=''
+  { read -r j_line <"/proc/$job_pid/stat"; } 2>/dev/null || break
+  j_rest=${j_line##*") "}
+  j_st=${j_rest%% *}
+  j_rest=${j_rest#* }
+  j_rest=${j_rest#* }
+  if [ "$j_st" = Z ] || [ "${j_rest%% *}" = "$job_pid" ]; then break; fi
+  j_n=$((j_n + 1))
+done
 
 now
 started_at=$now_iso started_epoch=$now_epoch status=running
@@ -528,6 +543,13 @@ fi
 # --- wait: a trapped signal interrupts `wait`; wait again until the job is really gone ------
 wait "$job_pid"
 rc=$?
+# A `wait` that returned while the job still runs, with no signal to explain it, is the shell's
+# (posh's `wait` can misparse its operand as options and return 1 at once): wait again, never
+# record a running job as ended.
+while [ "$sig_pending" != 1 ] && child_running "$job_pid"; do
+  wait "$job_pid"
+  rc=$?
+done
 while [ "$sig_pending" = 1 ]; do
   sig_pending=0
   if kill -0 "$job_pid" 2>/dev/null; then # alive, or a zombie not yet reaped

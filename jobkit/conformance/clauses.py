@@ -77,6 +77,11 @@ def want_verdict(v: Verdict, what: str, ok: bool) -> None:
         raise AssertionError(f"expected the reconciler to decide {what}; it decided: {v.log_line()}")
 
 
+def _j(value: object) -> str:
+    """A value as the state file or row shows it (JSON), for a FAIL sentence."""
+    return json.dumps(value, default=str)
+
+
 def need(ctx: Ctx, fault: Fault) -> None:
     if not applicable(fault, ctx.host.kind):
         raise NotApplicable(f"{fault.name} cannot be made on a {ctx.host.kind} target")
@@ -485,7 +490,8 @@ async def w25(ctx: Ctx) -> None:
     await asyncio.sleep(0.3)  # the job's shell has installed its trap
     await ctx.sh(f"kill -s TERM {wpid}")
     fin = await ctx.wait_state(job, ("completed", "failed"), seconds=ctx.grace + 15)
-    assert fin.get("status") == "failed", f"state file: {fin}"
+    assert fin.get("status") == "failed", (f"expected the state file to say failed after TERM to the wrapper; it says "
+                                           f"{_j(fin.get('status'))} ({_j(fin)[:300]})")
     r = await ctx.sh(f"cat {shlex.quote(mark)} 2>/dev/null || echo absent")
     assert "cleaned" in r.stdout, ("the job's TERM handler did not complete: the signal was not forwarded to the "
                                    f"job, or it was killed before the grace period ({ctx.grace} s) was over")
@@ -510,7 +516,8 @@ async def w26(ctx: Ctx) -> None:
     st = await ctx.wait_state(job, ("completed", "failed"))
     for iso_key, epoch_key in (("started_at", "started_epoch"), ("completed_at", "completed_epoch")):
         iso, epoch = st.get(iso_key), st.get(epoch_key)
-        assert isinstance(epoch, int), f"{epoch_key} = {epoch!r}"
+        assert isinstance(epoch, int), (f"expected {epoch_key} in the state file to be whole seconds since the epoch; "
+                                        f"found {_j(epoch)}")
         assert before - 2 <= epoch <= after + 2, (f"{epoch_key} = {epoch} is not the host's time "
                                                   f"(between {before} and {after})")
         as_utc = _utc_epoch(iso)
@@ -527,7 +534,8 @@ async def w27(ctx: Ctx) -> None:
     st = await ctx.wait_state(job, ("running",))
     row = await ctx.wait_row(job, "running", seconds=10)
     for key in ("pid", "pgid", "proc_start"):
-        assert row.get(key) == st.get(key), f"row {key} = {row.get(key)!r}, state file {st.get(key)!r}"
+        assert row.get(key) == st.get(key), (f"expected the running row's {key} to be the state file's "
+                                             f"{_j(st.get(key))}; the row has {_j(row.get(key))}")
     await ctx.sh(f"kill -s TERM {int(st.get('wrapper_pid') or st['pid'])} 2>/dev/null; true")
 
 
@@ -539,8 +547,9 @@ async def w28(ctx: Ctx) -> None:
     await ctx.run(job, ["true"], env={"USER": weird, "LOGNAME": weird})
     await final_in_both(ctx, job, "completed", 0, seconds=10)
     row = await ctx.row(job)
-    assert row is not None, "no row"
-    assert row.get("user") == weird, f"row user = {row.get('user')!r}"
+    assert row is not None, "expected the job's database row to be there after the job; there is no row"
+    assert row.get("user") == weird, (f"expected the row's user to be {_j(weird)} (a single quote in it); the row has "
+                                     f"{_j(row.get('user'))}")
 
 
 @clause("W-29", "a database lock that outlasts one busy timeout is retried: with JOBKIT_DB_TIMEOUT_MS=1000 and the "

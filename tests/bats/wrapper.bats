@@ -672,3 +672,19 @@ err_file() { printf '%s/jobs/%s.err' "$BASE" "$1"; }
   JOBKIT_DB=mysql run -64 --separate-stderr wrapper nodb4 true
   [[ $stderr == *JOBKIT_DB* ]]
 }
+
+@test "the running state's process group exists the moment the state says running" {
+  local i pg missing=0
+  for i in $(seq 1 15); do
+    add_row "pg$i"
+    start_wrapper "pg$i" sleep 0.3 >/dev/null 2>&1
+    local deadline=$((SECONDS + 10))
+    until [ "$(jq -r .status "$(state_file "pg$i")" 2>/dev/null)" = running ]; do
+      ((SECONDS < deadline)) || fail "pg$i never said running"
+    done
+    pg=$(field "pg$i" pgid)
+    kill -0 -- "-$pg" 2>/dev/null || missing=$((missing + 1))
+  done
+  wait
+  assert_equal "$missing" 0
+}
