@@ -41,8 +41,8 @@ BUGS: tuple[Bug, ...] = (
           "  back=\n  { printf '%s\\n' \"$json\" >\"$state\"; } 2>/dev/null && return 0\n"
           "  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
     Bug("no_busy_timeout", "sqlite3 runs with no busy timeout and no retries", "W-10",
-        (('    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" "$db" \\',
-          '    db_retries=1\n    out=$(sqlite3 -batch -bail "$db" \\'),)),
+        (('    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" \\\n',
+          '    db_retries=1\n    out=$(sqlite3 -batch -bail -cmd "PRAGMA synchronous=NORMAL" \\\n'),)),
     Bug("id_in_sql", "the job id is not validated before use (pasted into SQL, JSON and paths)", "W-17",
         (('if [ "$bad_id" = 1 ] || [ "${#job_id}" -gt 64 ]; then', "if false; then"),)),
     Bug("unescaped_json", "JSON strings are written without escaping", "W-18",
