@@ -88,7 +88,8 @@ def run_shell(name: str, root: Path, scratch: Path, filter_: str | None) -> Shel
     if filter_:
         cmd += ["--filter", filter_]
     start = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, errors="replace",
+                          check=False)  # a failing scenario may print any bytes
     run.seconds = time.monotonic() - start
     run.output = proc.stdout + proc.stderr
     for line in proc.stdout.splitlines():

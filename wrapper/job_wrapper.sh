@@ -147,6 +147,16 @@ child_running() { # PID: a child of this shell that has not exited (an exited ch
   [ "$#" -ge 2 ] && [ "$1" != Z ] && [ "$2" = "$$" ]
 }
 
+child_unreaped() { # PID: a child of this shell that has not been reaped (running or a zombie)
+  c_line=''
+  { read -r c_line <"/proc/$1/stat"; } 2>/dev/null || return 1
+  set -f
+  # shellcheck disable=SC2086 # deliberate field splitting: state ppid ...
+  set -- ${c_line##*") "}
+  set +f
+  [ "$#" -ge 2 ] && [ "$2" = "$$" ]
+}
+
 stop_timer() { # TERM to the timer and to its sleep: dash, BusyBox ash and mksh lose a TERM that
   # arrives before the timer's trap is installed, and yash never runs the traps of a subshell
   # forked from a trap action (the timer starts in one); the sleep dying ends the timer as well.
@@ -475,16 +485,21 @@ fi
   # dash and BusyBox ash give async lists SIGINT/SIGQUIT ignored for good (`trap -` cannot undo
   # it): restore them with env(1) or perl where either can, so the job can be interrupted.
   restore='' ign=''
-  while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
-  case ${ign#"${ign%?}"} in
-    [234567abcdef])
-      # GNU env >= 8.31 (asked with the mounts read above, else here: it prints the env)
-      if [ "$env_default" = yes ] || env --default-signal=INT,QUIT >/dev/null 2>&1; then
-        restore=gnu_env
-      elif command -v perl >/dev/null 2>&1; then
-        restore=perl
-      fi ;;
-  esac
+  if [ "$env_default" = yes ]; then
+    restore=gnu_env # GNU env >= 8.31, asked with the mounts read above: it sets INT/QUIT to
+    # their defaults whether or not they were ignored, no need to read /proc/self/status
+  else
+    while read -r k v; do [ "$k" = SigIgn: ] && { ign=$v; break; }; done </proc/self/status 2>/dev/null
+    case ${ign#"${ign%?}"} in
+      [234567abcdef])
+        # GNU env >= 8.31 (asked here when the mounts were not read: it prints the env)
+        if env --default-signal=INT,QUIT >/dev/null 2>&1; then
+          restore=gnu_env
+        elif command -v perl >/dev/null 2>&1; then
+          restore=perl
+        fi ;;
+    esac
+  fi
   # shellcheck disable=SC2016 # perl code
   perl_exec='$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV;
     print STDERR "$ARGV[0]: $!\n"; exit($!{ENOENT} ? 127 : 126)'
@@ -523,10 +538,19 @@ while [ "$j_n" -lt 3000 ]; do
   j_n=$((j_n + 1))
 done
 
+# A job already over by now (a zombie, or gone: a `true`) gets no running state: the final one
+# replaces it at once, and its one clock reading is both its start and its end (the end is an
+# upper bound: the job was over before the clock was read). Otherwise the running state. Only
+# where /proc answered for this wrapper itself: without it, a job cannot be seen to be over.
+# Not in posh: its `wait` then misparses its operand now and then (`wait: invalid option`,
+# status 1) once the job has already been reaped, and the job's status would be lost.
+proc_start_of "$job_pid"
+job_over=0
+[ -n "$sig_name" ] || [ -z "$wrapper_start" ] || [ -n "${POSH_VERSION:-}" ] || child_running "$job_pid" ||
+  job_over=1
 now
 started_at=$now_iso started_epoch=$now_epoch status=running
-proc_start_of "$job_pid"
-write_state running
+[ "$job_over" = 1 ] || write_state running
 sql_text "$user"; s_user=$tok
 sql_text "$host"; s_host=$tok
 sql_text "$boot_id"; s_boot=$tok
@@ -536,19 +560,20 @@ sql_text "$boot_id"; s_boot=$tok
 # A job already over by now (a zombie, or gone) skips it: the final UPDATE follows at once with
 # the same start fields, and a second sqlite3 would only contend with it for the write lock.
 start_set="started_at = '$started_at', started_epoch = ${started_epoch:-NULL}, pid = $job_pid, pgid = $job_pid, proc_start = ${proc_start:-NULL}, boot_id = $s_boot, user = $s_user, host = $s_host"
-if [ -n "$sig_name" ] || child_running "$job_pid"; then
-  db_start "status = 'running', $start_set" running
-fi
+[ "$job_over" = 1 ] || db_start "status = 'running', $start_set" running
 
 # --- wait: a trapped signal interrupts `wait`; wait again until the job is really gone ------
 wait "$job_pid"
 rc=$?
-# A `wait` that returned while the job still runs, with no signal to explain it, is the shell's
-# (posh's `wait` can misparse its operand as options and return 1 at once): wait again, never
-# record a running job as ended.
-while [ "$sig_pending" != 1 ] && child_running "$job_pid"; do
+# A `wait` that returned while the job is still this shell's child (running, or exited and not
+# reaped), with no signal to explain it, did not wait (posh's `wait` can misparse its operand as
+# options and return 1 at once, whether the job runs or already exited): wait again, never
+# record its own error as the job's status. Bounded: a shell whose wait never reaps must not spin.
+w_n=0
+while [ "$sig_pending" != 1 ] && [ "$w_n" -lt 100 ] && child_unreaped "$job_pid"; do
   wait "$job_pid"
   rc=$?
+  w_n=$((w_n + 1))
 done
 while [ "$sig_pending" = 1 ]; do
   sig_pending=0
@@ -597,7 +622,7 @@ else
     esac
   fi
 fi
-now
+[ "$job_over" = 1 ] || now
 completed_at=$now_iso completed_epoch=$now_epoch
 
 # The state file first: the database may keep us waiting, and must never cost us this write.
