@@ -538,18 +538,18 @@ while [ "$j_n" -lt 3000 ]; do
   j_n=$((j_n + 1))
 done
 
-# A job already over by now (a zombie, or gone: a `true`) gets no running state: the final one
-# replaces it at once, and its one clock reading is both its start and its end (the end is an
-# upper bound: the job was over before the clock was read). Otherwise the running state. Only
-# where /proc answered for this wrapper itself: without it, a job cannot be seen to be over.
-# Not in posh: its `wait` then misparses its operand now and then (`wait: invalid option`,
-# status 1) once the job has already been reaped, and the job's status would be lost.
+# The start: the job's start time (before the clock is read: a job reaped meanwhile has none
+# left), then the clock. A job already over by then (a zombie, or gone: a `true`) gets no running
+# state: the final one would replace it at once. Only where /proc answered for this wrapper
+# itself (without it a job cannot be seen to be over), and not in posh: its `wait` then
+# misparses its operand now and then (`wait: invalid option`, status 1) once the job has been
+# reaped, and the job's status would be lost.
 proc_start_of "$job_pid"
+now
+started_at=$now_iso started_epoch=$now_epoch status=running
 job_over=0
 [ -n "$sig_name" ] || [ -z "$wrapper_start" ] || [ -n "${POSH_VERSION:-}" ] || child_running "$job_pid" ||
   job_over=1
-now
-started_at=$now_iso started_epoch=$now_epoch status=running
 [ "$job_over" = 1 ] || write_state running
 sql_text "$user"; s_user=$tok
 sql_text "$host"; s_host=$tok
@@ -622,7 +622,7 @@ else
     esac
   fi
 fi
-[ "$job_over" = 1 ] || now
+now
 completed_at=$now_iso completed_epoch=$now_epoch
 
 # The state file first: the database may keep us waiting, and must never cost us this write.
