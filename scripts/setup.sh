@@ -15,6 +15,7 @@ APT_PACKAGES=(
   openssh-client openssh-server            # ssh(1) for printed command lines; sshd for tests
   debootstrap docker.io                    # offline lab images
   podman                                   # the lab on rootful Podman (tests/lab/test_podman.py)
+  uidmap slirp4netns                       # ... and on rootless Podman (newuidmap/newgidmap, its network)
   python3-venv
 )
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
@@ -32,6 +33,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The unprivileged user, subordinate ids and /dev/net/tun mode the rootless Podman test needs
+if [ "$(id -u)" = 0 ]; then
+  bash "$ROOT/scripts/rootless-podman-user.sh"
 fi
 
 # npm test tools, pinned by package-lock.json
