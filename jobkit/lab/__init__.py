@@ -108,16 +108,19 @@ def engine() -> Engine:
             info = client.info()
         finally:
             client.close()
-        components = version.get("Components") or []
-        podman = [c for c in components if "podman" in str(c.get("Name", "")).lower()]
-        security = [str(o) for o in info.get("SecurityOptions") or []]
-        _engines[key] = Engine(
-            name="Podman" if podman else "Docker",
-            version=str(podman[0].get("Version") if podman else version.get("Version", "?")),
-            rootless=info.get("Rootless") is True or any("name=rootless" in o for o in security),
-            cgroup_version=str(info.get("CgroupVersion") or ""),
-            host=key)
+        _engines[key] = engine_of(version, info, key)
     return _engines[key]
+
+
+def engine_of(version: dict[str, Any], info: dict[str, Any], host: str) -> Engine:
+    """The :class:`Engine` an engine's ``/version`` and ``/info`` answers describe."""
+    components = version.get("Components") or []
+    podman = [c for c in components if "podman" in str(c.get("Name", "")).lower()]
+    security = [str(o) for o in info.get("SecurityOptions") or []]
+    return Engine(name="Podman" if podman else "Docker",
+                  version=str(podman[0].get("Version") if podman else version.get("Version", "?")),
+                  rootless=info.get("Rootless") is True or any("name=rootless" in o for o in security),
+                  cgroup_version=str(info.get("CgroupVersion") or ""), host=host)
 
 
 def engine_is_podman() -> bool:
