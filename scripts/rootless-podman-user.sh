@@ -20,6 +20,11 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# one run at a time (two test sessions may start at once): useradd and usermod are not idempotent
+mkdir -p /run/lock
+exec 9>/run/lock/jobkit-rootless-podman-user.lock
+flock 9
+
 if ! getent passwd "$USER_NAME" >/dev/null; then
   log "creating user $USER_NAME"
   useradd --system --user-group --create-home --home-dir "$HOME_DIR" --shell /usr/sbin/nologin \

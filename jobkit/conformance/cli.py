@@ -92,7 +92,12 @@ def main_conformance(args: argparse.Namespace) -> int:
     containers = [n for n in names if n != "local" and n not in real]
     if containers and not docker_available():
         raise ConfigError(f"target(s) {', '.join(containers)} need a Docker engine, and none answers")
-    engine_line = engine().describe() if containers else None
+    engine_line = None
+    if containers:
+        try:
+            engine_line = engine().describe()
+        except Exception as exc:  # it answered just now: the run goes on, without the description
+            print(f"conformance: the engine could not be described: {exc}", file=sys.stderr)
     if engine_line:
         print(f"conformance: lab containers on {engine_line}", file=sys.stderr)
     report_dir = writable_dir(args.report_dir, "--report-dir")
