@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything jobkit's main job and test suite need on a Debian-like machine, as root:
 # apt packages, the npm test tools (bats), a Python virtualenv with jobkit and its dev tools, and
-# a running Docker engine (started here in the background when none answers). Idempotent: a
+# a running Docker engine (started here in the background when none answers); as root, the
+# user, subordinate ids and /dev/net/tun mode of the rootless Podman test
+# (scripts/rootless-podman-user.sh). Idempotent: a
 # second run installs nothing and takes a second or two.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
