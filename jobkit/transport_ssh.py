@@ -211,6 +211,8 @@ class SSHTransport:
             try:
                 call.process = await asyncio.shield(call.opening)
                 return call.process
+            except _LIBRARY_RACE as exc:
+                raise _lost_while_opening(exc) from exc
             except asyncssh.ChannelOpenError:
                 call.opening = None
                 if time.monotonic() + delay >= deadline:
@@ -240,7 +242,7 @@ class SSHTransport:
                     await process.wait_closed()
         except asyncssh.ChannelOpenError:
             pass  # never opened: nothing to close
-        except (TimeoutError, asyncssh.Error, OSError, asyncio.CancelledError):
+        except (TimeoutError, asyncssh.Error, OSError, asyncio.CancelledError, *_LIBRARY_RACE):
             # the peer did not close the channel: it is stalled (a paused host); abort the
             # connection so every channel on it is freed and the next call reconnects
             self._drop(call.conn, abort=True)
@@ -279,6 +281,17 @@ class SSHTransport:
             conn.abort()
             # abort() closes the socket at once; let the loop run its callbacks
             await asyncio.sleep(0)
+
+
+#: what asyncssh raises (seen with 2.24) when the connection closes between the server's confirmation of a
+#: channel and the session's start: an assert on the channel's connection, or an attribute of the
+#: session it already cleared. Both mean "connection lost while the channel opened".
+_LIBRARY_RACE = (AssertionError, AttributeError)
+
+
+def _lost_while_opening(exc: BaseException) -> asyncssh.ConnectionLost:
+    return asyncssh.ConnectionLost(
+        f"the connection closed while a channel opened (asyncssh: {type(exc).__name__})")
 
 
 class _Call:

@@ -11,6 +11,7 @@ and, for what SSH cannot do (pausing a container, mounting as root), through the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class FaultNotApplicable(JobkitError):
     """This fault cannot be injected on this kind of host."""
 
 
+#: the bound on each command that makes a fault (or undoes it): the suite's own commands, not a
+#: reconciler's query, so not the 5 s of the runtime; long enough for a loaded host
+SETUP_TIMEOUT = 15.0
+
+
 class FaultSetupError(JobkitError):
     """The fault could not be set up (or undone) on the host: an error of the suite, never a
     failure of the wrapper under test."""
@@ -93,7 +99,7 @@ class Injected:
             if self._after is not None:
                 await self._after()
             for cmd in self._restore:
-                await self.host.transport.run(cmd, timeout=15)
+                await self.host.transport.run(cmd, timeout=SETUP_TIMEOUT)
         except Exception as exc:
             raise FaultSetupError(f"{self.fault.name} could not be undone: {exc}") from exc
 
@@ -139,7 +145,7 @@ async def _root(host: HostHandle, command: str) -> None:
         if code != 0:
             raise JobkitError(f"root command failed on the container: {command}", stderr=out.decode(errors="replace"))
     else:
-        r = await host.transport.run(command, timeout=15)
+        r = await host.transport.run(command, timeout=SETUP_TIMEOUT)
         if r.exit_status != 0:
             raise JobkitError(f"root command failed: {command}", stderr=r.stderr)
 
@@ -152,13 +158,13 @@ def _kill_group(sig: str, pgid: str) -> str:
             f'else kill -s {sig} "-{pgid}"; fi; }}')
 
 
-def _shim_script(base: str, drop: str, extra: str = "") -> str:
-    """Shell that builds a PATH shim dir of symlinks to everything on PATH except ``drop``: one
-    ``ln -s DIR/* SHIM/`` per PATH directory (a name already linked is kept, so earlier
-    directories win, as in a PATH lookup), then ``drop`` removed. A few processes, not one per
-    file: a host has thousands of programs and the transport's timeout is seconds."""
+def _shim_script(shim: str, drop: str, extra: str = "") -> str:
+    """Shell that builds a PATH shim dir (``shim``, a shell word) of symlinks to everything on
+    PATH except ``drop``: one ``ln -s DIR/* SHIM/`` per PATH directory (a name already linked is
+    kept, so earlier directories win, as in a PATH lookup), then ``drop`` removed. A few
+    processes, not one per file: a host has thousands of programs."""
     return (
-        f"d={base}/.fault-path-{uuid.uuid4().hex[:8]}; mkdir -p \"$d\" || exit 1; "
+        f"d={shim}; mkdir -p \"$d\" || exit 1; "
         "IFS=:; for p in $PATH; do [ -n \"$p\" ] && [ -d \"$p\" ] && ln -s \"$p\"/* \"$d\"/ 2>/dev/null; done; "
         f"unset IFS; rm -f \"$d\"/{shlex.quote(drop)}; "
         f"{extra} echo \"$d\""
@@ -174,19 +180,27 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
     why = engine_cannot(fault, host)
     if why:
         raise FaultNotApplicable(why)
+    inj = Injected(fault, host)
     try:
-        return await _inject(fault, host, job_id=job_id, seconds=seconds)
-    except (FaultNotApplicable, FaultSetupError):
-        raise
-    except Exception as exc:
+        return await _inject(inj, job_id=job_id, seconds=seconds)
+    except BaseException as exc:
+        # a setup command that failed or timed out may still have acted on the host (a timeout
+        # says nothing about what the other side did): undo whatever part of it happened, so
+        # what the suite does next finds the host as it was; the undo is written to be safe
+        # whether the setup ran in full, in part or not at all
+        with contextlib.suppress(Exception):
+            await inj.restore()
+        if isinstance(exc, (FaultNotApplicable, FaultSetupError)) or not isinstance(exc, Exception):
+            raise
         raise FaultSetupError(f"{fault.name} could not be set up: {exc}", host=getattr(exc, "host", None),
                               stderr=getattr(exc, "stderr", "")) from exc
 
 
-async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds: float) -> Injected:
+async def _inject(inj: Injected, *, job_id: str | None, seconds: float) -> Injected:
+    """Make the fault; every undo is registered on ``inj`` before the step it undoes runs."""
+    fault, host = inj.fault, inj.host
     t = host.transport
     b = base_dir_word(host.base_dir)
-    inj = Injected(fault, host)
     state = f"{b}/jobs/{job_id}.status"
     keep = f"{b}/.fault-keep-{uuid.uuid4().hex[:8]}"
 
@@ -194,15 +208,18 @@ async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds
         await t.run(f"(printf 'PRAGMA locking_mode=EXCLUSIVE;\\nBEGIN EXCLUSIVE;\\nUPDATE jobs SET status = status "
                     f"WHERE 0;\\n.system sleep {seconds:g}\\nCOMMIT;\\n' | sqlite3 -cmd '.timeout 5000' {b}/server.db) "
                     ">/dev/null 2>&1 &",
-                    check=True)
+                    check=True, timeout=SETUP_TIMEOUT)
         await asyncio.sleep(0.3)  # the lock is taken
         inj._task = asyncio.create_task(asyncio.sleep(seconds))
     elif fault in (Fault.CORRUPT_DB, Fault.DELETED_DB):
         garbage = "head -c 8192 /dev/urandom >\"$b/server.db\"; " if fault is Fault.CORRUPT_DB else ""
+        # the undo puts back what was moved away, and only then removes what is in its place
+        inj._restore.append(f"b={b}; if [ -e {keep}/server.db ]; then "
+                            f"rm -f \"$b/server.db\" \"$b/server.db-wal\" \"$b/server.db-shm\"; "
+                            f"mv {keep}/* \"$b/\" 2>/dev/null; fi; rmdir {keep} 2>/dev/null; true")
         await t.run(f"b={b}; mkdir -p {keep}; for f in server.db server.db-wal server.db-shm; do "
-                    f"[ -e \"$b/$f\" ] && mv \"$b/$f\" {keep}/; done; {garbage}true", check=True)
-        inj._restore.append(f"b={b}; rm -f \"$b/server.db\" \"$b/server.db-wal\" \"$b/server.db-shm\"; "
-                            f"mv {keep}/* \"$b/\" 2>/dev/null; rmdir {keep}")
+                    f"[ -e \"$b/$f\" ] && mv \"$b/$f\" {keep}/; done; {garbage}true", check=True,
+                    timeout=SETUP_TIMEOUT)
     elif fault in (Fault.DELETED_STATE_FILE, Fault.TRUNCATED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
                    Fault.WRONG_FIELDS_STATE_FILE):
         if job_id is None:
@@ -213,8 +230,8 @@ async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds
             Fault.GARBAGE_STATE_FILE: f"printf '\\377\\376 not json {{{{' >{state}",
             Fault.WRONG_FIELDS_STATE_FILE: f"printf '%s\\n' '{{\"hello\": \"world\", \"status\": 42}}' >{state}",
         }[fault]
-        await t.run(f"cp {state} {keep} && {change}", check=True)
-        inj._restore.append(f"mv -f {keep} {state}")
+        inj._restore.append(f"[ ! -e {keep} ] || mv -f {keep} {state}")
+        await t.run(f"cp {state} {keep} && {change}", check=True, timeout=SETUP_TIMEOUT)
     elif fault in (Fault.SIGKILL_WRAPPER, Fault.SIGTERM_WRAPPER, Fault.SIGHUP_WRAPPER, Fault.SIGKILL_JOB_GROUP):
         if job_id is None:
             raise JobkitError(f"{fault.name} needs a job id")
@@ -222,15 +239,16 @@ async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds
         sig = {"SIGKILL_WRAPPER": "KILL", "SIGTERM_WRAPPER": "TERM", "SIGHUP_WRAPPER": "HUP",
                "SIGKILL_JOB_GROUP": "KILL"}[fault.name]
         kill = _kill_group(sig, "$p") if fault is Fault.SIGKILL_JOB_GROUP else f"kill -s {sig} $p"
-        await t.run(f"p=$(sed -n 's/.*\"{field_name}\":\\([0-9][0-9]*\\).*/\\1/p' {state}); [ -n \"$p\" ] && "
-                    f"{kill}", check=True)
         if fault is Fault.SIGKILL_WRAPPER:  # nothing is left running after restore
             inj._restore.append(f"p=$(sed -n 's/.*\"pgid\":\\([0-9][0-9]*\\).*/\\1/p' {state}); "
                                 f"[ -z \"$p\" ] || {_kill_group('KILL', '$p')} 2>/dev/null; true")
+        await t.run(f"p=$(sed -n 's/.*\"{field_name}\":\\([0-9][0-9]*\\).*/\\1/p' {state}); [ -n \"$p\" ] && "
+                    f"{kill}", check=True, timeout=SETUP_TIMEOUT)
     elif fault is Fault.KILL_TMUX_SESSION:
-        await t.run(f"tmux -S {b}/tmux.sock kill-session -t ={shlex.quote(job_id or '')}", check=True)
+        await t.run(f"tmux -S {b}/tmux.sock kill-session -t ={shlex.quote(job_id or '')}", check=True,
+                    timeout=SETUP_TIMEOUT)
     elif fault is Fault.KILL_TMUX_SERVER:
-        await t.run(f"tmux -S {b}/tmux.sock kill-server", check=True)
+        await t.run(f"tmux -S {b}/tmux.sock kill-server", check=True, timeout=SETUP_TIMEOUT)
     elif fault is Fault.UNREACHABLE_HOST or fault is Fault.SLOW_HOST:
         if host.kind == "local":
             local = host.lab.local
@@ -254,7 +272,7 @@ async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds
                 await asyncio.get_running_loop().run_in_executor(None, c.unpause)
             inj._after = unpause
     elif fault is Fault.FULL_DISK:
-        if host.kind == "local" and (await t.run("id -u", timeout=15)).stdout.strip() != "0":
+        if host.kind == "local" and (await t.run("id -u", timeout=SETUP_TIMEOUT)).stdout.strip() != "0":
             raise FaultNotApplicable("FULL_DISK mounts filesystems: the local target is not root")
         # What is in <base>/jobs stays visible (a running job keeps its earlier state file): it is
         # the read-only lower layer of an overlay mounted over the directory itself. Every change
@@ -286,10 +304,10 @@ async def _inject(fault: Fault, host: HostHandle, *, job_id: str | None, seconds
         if fault is Fault.CLOCK_STEP:
             extra = ("real=$(command -v date); printf '#!/bin/sh\\nexec %s -d \"@$(( $(%s +%%s) - 3600 ))\" \"$@\"\\n' "
                      "\"$real\" \"$real\" >\"$d/date\"; chmod +x \"$d/date\";")
-        r = await t.run(_shim_script(b, drop, extra), check=True)
-        shim = r.stdout.strip().splitlines()[-1]
-        inj.env["PATH"] = shim
-        inj._restore.append(f"rm -rf {shlex.quote(shim)}")
+        shim = f"{b}/.fault-path-{uuid.uuid4().hex[:8]}"
+        inj._restore.append(f"rm -rf {shim}")
+        r = await t.run(_shim_script(shim, drop, extra), check=True, timeout=SETUP_TIMEOUT)
+        inj.env["PATH"] = r.stdout.strip().splitlines()[-1]
     elif fault is Fault.HOST_REBOOT:
         fake = uuid.uuid4()
         await _root(host, f"printf '%s\\n' {fake} >/run/jobkit-boot_id && "

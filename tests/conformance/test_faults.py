@@ -146,7 +146,7 @@ def test_the_path_shim_is_built_in_a_few_processes_earlier_directories_winning(t
         (count / "ln").chmod(0o755)
         counted.write_text("")
         path = f"{count}:{first}::{tmp_path}/missing:{second}:{many}:/usr/bin:/bin"
-        script = _shim_script(shlex.quote(str(base)), "sqlite3")
+        script = _shim_script(shlex.quote(str(base / ".fault-path-test")), "sqlite3")
         r = subprocess.run([*sh.split(), "-c", f"PATH={shlex.quote(path)}; {script}"], capture_output=True,
                            text=True, check=True, timeout=60)
         calls = len(counted.read_text().splitlines())
@@ -190,5 +190,59 @@ def test_a_fault_that_cannot_be_set_up_is_the_suites_error_never_the_wrappers_fa
         outcome, message = await check_clause(Clause("W-0", "test", "", uses_a_shim), ctx)
         assert (outcome, "not the wrapper's failure" in message) == (ERROR, True), message
         assert await check_clause(Clause("W-0", "test", "", fails), ctx) == (FAIL, "the wrapper lost the record")
+
+    asyncio.run(go())
+
+
+class _LateTimeout:
+    """A real transport whose first command times out: after running on the host (the timeout
+    fired after the remote side acted) or before reaching it. Later commands (the undo) pass."""
+
+    def __init__(self, t: SSHTransport, acted: bool) -> None:
+        self.t, self.acted, self.fired = t, acted, False
+        self.host_name = t.host_name
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        if not self.fired:
+            self.fired = True
+            if self.acted:
+                await self.t.run(command, **kw)  # type: ignore[arg-type]
+            raise RemoteTimeout("no answer within 5s", host="local", command=command)
+        return await self.t.run(command, **kw)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.t.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("acted", [True, False], ids=["acted", "never-arrived"])
+@pytest.mark.parametrize("fault", [Fault.DELETED_DB, Fault.CORRUPT_DB, Fault.DELETED_STATE_FILE,
+                                   Fault.GARBAGE_STATE_FILE, Fault.MISSING_SQLITE3, Fault.CLOCK_STEP],
+                         ids=lambda f: f.name)
+def test_a_fault_setup_that_timed_out_is_undone_whether_it_acted_or_not(local_host: LabHost, fault: Fault,
+                                                                        acted: bool) -> None:
+    """A timeout says nothing of what the host did: the setup that timed out is undone, and the
+    undo is safe when the setup never ran (the DB moved away under the clauses that came next,
+    in a loaded run, when DELETED_DB's setup outlived its timeout)."""
+    async def go() -> None:
+        t = SSHTransport(local_host.spec)
+        try:
+            base, _ = await setup_target(t, "~/.jobkit-faults-late", wrapper_dir() / "job_wrapper.sh",
+                                         wrapper_dir() / "server_schema.sql")
+            b = shlex.quote(base)
+            job = f"late-{os.urandom(4).hex()}"
+            await t.run(f"sqlite3 -cmd '.timeout 5000' {b}/server.db \"INSERT INTO jobs(id, status) VALUES "
+                        f"('{job}', 'running')\" && printf '%s\\n' '{{\"id\":\"{job}\",\"status\":\"running\"}}' "
+                        f">{b}/jobs/{job}.status", check=True)
+            look = (f"cd {b} && sqlite3 -cmd '.timeout 5000' server.db \"PRAGMA integrity_check; SELECT count(*) "
+                    f"FROM jobs WHERE id = '{job}'\" && md5sum <jobs/{job}.status && "
+                    "{ ls -a | grep -c '^.fault-' || true; }")
+            before = (await t.run(look, check=True)).stdout
+            late = _LateTimeout(t, acted)
+            with pytest.raises(FaultSetupError, match=f"{fault.name} could not be set up"):
+                await inject(fault, HostHandle(late, base, local_host), job_id=job)  # type: ignore[arg-type]
+            assert (await t.run(look, timeout=15)).stdout == before
+        finally:
+            await t.close()
 
     asyncio.run(go())

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from jobkit.errors import ConnectionLost, HostUnreachable, RemoteTimeout
+from jobkit.errors import ConnectionLost, HostUnreachable, RemoteTimeout, TransportError
 from jobkit.lab import LabHost
 from jobkit.models import JobStatus
 from jobkit.probe import probe
 from jobkit.reconcile import reconcile_host
 from jobkit.runner import submit
 from jobkit.store import AsyncStore
+from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
 from tests.runtime.conftest import wait_until
 
@@ -133,6 +134,37 @@ async def test_a_connection_lost_mid_command_is_connection_lost(local_host: LabH
     finally:
         await asyncio.get_running_loop().run_in_executor(None, local.call_in_thread, local.resume_accepting)
         await t.close()
+
+
+async def test_a_connection_closing_while_channels_open_is_a_transport_error(local_host: LabHost) -> None:
+    """The connection closes while the server confirms channels (a reaper aborting a stalled
+    connection, a peer going away): asyncssh then fails the open with an AssertionError or an
+    AttributeError of its own (a conformance clause reported a bare "assertion failed"). Every
+    call must end with its result or a transport error, and no task may fail unobserved. The
+    close is swept across the first milliseconds of the opens, where the race is."""
+    loop = asyncio.get_running_loop()
+    unobserved: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: unobserved.append(str(ctx.get("exception") or ctx["message"])))
+    outcomes: dict[str, int] = {}
+    try:
+        for i in range(120):
+            t = SSHTransport(local_host.spec)
+            try:
+                await t.run("true", timeout=5)
+                calls = [asyncio.create_task(t.run("echo hi", timeout=5)) for _ in range(6)]
+                await asyncio.sleep((i % 20) * 0.0002)
+                conn = t._conn
+                if conn is not None:
+                    conn.abort()
+                for r in await asyncio.gather(*calls, return_exceptions=True):
+                    outcomes[type(r).__name__] = outcomes.get(type(r).__name__, 0) + 1
+                    assert isinstance(r, (CommandResult, TransportError)), f"{type(r).__name__}: {r}"
+            finally:
+                await t.close()
+    finally:
+        loop.set_exception_handler(None)
+    assert outcomes.get("ConnectionLost", 0) > 0, outcomes  # the sweep did close mid-open
+    assert not [u for u in unobserved if "socket.send" not in u], unobserved
 
 
 async def test_reconcile_on_a_host_frozen_mid_probe_is_unavailable_within_the_bound(
