@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything jobkit's main job and test suite need on a Debian-like machine, as root:
 # apt packages, the npm test tools (bats), a Python virtualenv with jobkit and its dev tools, and
-# a running Docker engine (started here in the background when none answers). Idempotent: a
+# a running Docker engine (started here in the background when none answers); as root, the
+# user, subordinate ids and /dev/net/tun mode of the rootless Podman test
+# (scripts/rootless-podman-user.sh). Idempotent: a
 # second run installs nothing and takes a second or two.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,7 @@ APT_PACKAGES=(
   openssh-client openssh-server            # ssh(1) for printed command lines; sshd for tests
   debootstrap docker.io                    # offline lab images
   podman                                   # the lab on rootful Podman (tests/lab/test_podman.py)
+  uidmap slirp4netns                       # ... and on rootless Podman (newuidmap/newgidmap, its network)
   python3-venv
 )
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
@@ -32,6 +35,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The unprivileged user, subordinate ids and /dev/net/tun mode the rootless Podman test needs
+if [ "$(id -u)" = 0 ]; then
+  bash "$ROOT/scripts/rootless-podman-user.sh"
 fi
 
 # npm test tools, pinned by package-lock.json

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobkit.conformance.context import Ctx, parse_state
-from jobkit.faults import Fault, FaultNotApplicable, applicable, inject
+from jobkit.faults import Fault, FaultNotApplicable, applicable, engine_cannot, inject
 from jobkit.history import check_history
 from jobkit.hosts import HostSpec
 from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
@@ -85,6 +85,9 @@ def _j(value: object) -> str:
 def need(ctx: Ctx, fault: Fault) -> None:
     if not applicable(fault, ctx.host.kind):
         raise NotApplicable(f"{fault.name} cannot be made on a {ctx.host.kind} target")
+    why = engine_cannot(fault, ctx.host)
+    if why:
+        raise NotApplicable(why)
 
 
 async def final_in_both(ctx: Ctx, job: str, status: str, code: int, seconds: float = 20) -> dict[str, object]:

@@ -38,7 +38,7 @@ def ssh_target(url: str, key: str | None, known_hosts: str | None) -> HostSpec:
 
 
 def main_conformance(args: argparse.Namespace) -> int:
-    from jobkit.lab import Lab, docker_available
+    from jobkit.lab import Lab, docker_available, engine
     from jobkit.lab.build import HASH_LABEL, build, image_label
     from jobkit.lab.keep import KeepFailed, failed_targets
     from jobkit.lab.targets import load_manifest
@@ -92,6 +92,14 @@ def main_conformance(args: argparse.Namespace) -> int:
     containers = [n for n in names if n != "local" and n not in real]
     if containers and not docker_available():
         raise ConfigError(f"target(s) {', '.join(containers)} need a Docker engine, and none answers")
+    engine_line = None
+    if containers:
+        try:
+            engine_line = engine().describe()
+        except Exception as exc:  # it answered just now: the run goes on, without the description
+            print(f"conformance: the engine could not be described: {exc}", file=sys.stderr)
+    if engine_line:
+        print(f"conformance: lab containers on {engine_line}", file=sys.stderr)
     report_dir = writable_dir(args.report_dir, "--report-dir")
 
     def repro(clause: str, target: str) -> str:
@@ -139,7 +147,7 @@ def main_conformance(args: argparse.Namespace) -> int:
     code = gate.exit_code(results, waived.expired)
     meta: dict[str, Any] = {"wrapper": str(wrapper), "schema": str(schema), "base_dir": args.base_dir or DEFAULT_BASE,
                             "targets": [labels[n] for n in names], "seconds": round(seconds, 1),
-                            "repeat": args.repeat, "exit_code": code,
+                            "repeat": args.repeat, "exit_code": code, "engine": engine_line,
                             "waivers": {"file": args.waivers,
                                         "expired": [w.describe() for w in waived.expired],
                                         "unused": [w.describe() for w in waived.unused]}}

@@ -167,12 +167,14 @@ def as_html(results: list[Result], meta: dict[str, Any], labels: dict[str, str])
                               if r.commands else "")
                            + "".join(f"<pre>{e(x)}</pre>" for x in r.evidence) + "</section>")
     head = "".join(f"<th>{e(labels.get(t, t))}</th>" for t in targets)
+    engine = f" lab containers on {e(str(meta['engine']))}," if meta.get("engine") else ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>jobkit conformance</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;
 padding:3px 8px;text-align:center}}td.t{{text-align:left}}pre{{background:#f6f6f6;padding:8px;overflow:auto;
 max-height:30em}}</style></head><body><h1>jobkit conformance</h1>
 <p>wrapper: <code>{e(str(meta.get("wrapper")))}</code>, schema: <code>{e(str(meta.get("schema")))}</code>,
-base dir: <code>{e(str(meta.get("base_dir")))}</code>, {e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))};
+base dir: <code>{e(str(meta.get("base_dir")))}</code>,{engine} {e(when)};
 {len(failed_must(results))} MUST clause result(s) failed.</p>
 <table><tr><th>clause</th><th>title</th>{head}</tr>{"".join(rows)}</table>
 <h2>Evidence behind every failure</h2>{"".join(details) or "<p>none</p>"}</body></html>"""

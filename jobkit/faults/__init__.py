@@ -121,6 +121,21 @@ def applicable(fault: Fault, kind: str) -> bool:
     return True
 
 
+def engine_cannot(fault: Fault, host: HostHandle) -> str | None:
+    """Why the container engine of a lab host cannot make ``fault`` (None when it can): pausing a
+    container (UNREACHABLE_HOST, SLOW_HOST) needs a freezer cgroup of the engine's own, which a
+    rootless engine on cgroup v1 does not have."""
+    if host.kind != "container" or fault not in (Fault.UNREACHABLE_HOST, Fault.SLOW_HOST):
+        return None
+    from jobkit.lab import engine
+
+    e = engine()
+    if e.can_pause:
+        return None
+    return (f"{fault.name} pauses the container, and {e.describe()} cannot: a rootless engine on cgroup v1 "
+            "has no freezer cgroup of its own")
+
+
 async def _root(host: HostHandle, command: str) -> None:
     """Run as root: locally (the local target runs as this user, root in CI) or docker exec."""
     if host.kind == "container":
@@ -162,6 +177,9 @@ async def inject(fault: Fault, host: HostHandle, *, job_id: str | None = None, s
     failed (a command that failed or timed out on the host): never the wrapper's failure."""
     if not applicable(fault, host.kind):
         raise FaultNotApplicable(f"{fault.name} does not apply to a {host.kind} host")
+    why = engine_cannot(fault, host)
+    if why:
+        raise FaultNotApplicable(why)
     inj = Injected(fault, host)
     try:
         return await _inject(inj, job_id=job_id, seconds=seconds)

@@ -65,20 +65,67 @@ def use_container_host() -> None:
         os.environ["DOCKER_HOST"] = os.environ["CONTAINER_HOST"]
 
 
-_podman: dict[str, bool] = {}
+@dataclass(frozen=True)
+class Engine:
+    """The container engine that answers on ``DOCKER_HOST``: Docker or Podman, rootful or
+    rootless (as the engine itself says: Podman's ``Rootless`` in its info, Docker's
+    ``name=rootless`` security option), and its cgroup version."""
+
+    name: str  # "Docker" or "Podman"
+    version: str
+    rootless: bool
+    cgroup_version: str  # "1", "2" or "" when the engine does not say
+    host: str  # the socket, as DOCKER_HOST names it ("" for the default)
+
+    @property
+    def podman(self) -> bool:
+        return self.name == "Podman"
+
+    @property
+    def can_pause(self) -> bool:
+        """Whether the engine can pause (freeze) a container. A rootless engine on cgroup v1
+        cannot: the freezer hierarchy is root's (Podman says "can not pause containers on rootless
+        containers with cgroup V1")."""
+        return not (self.rootless and self.cgroup_version == "1")
+
+    def describe(self) -> str:
+        mode = "rootless" if self.rootless else "rootful"
+        cgroup = f", cgroup v{self.cgroup_version}" if self.cgroup_version else ""
+        return f"{self.name} {self.version} ({mode}{cgroup}) at {self.host or 'unix:///var/run/docker.sock'}"
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine() -> Engine:
+    """What engine answers on ``DOCKER_HOST`` (or ``CONTAINER_HOST``), asked once per socket."""
+    use_container_host()
+    key = os.environ.get("DOCKER_HOST", "")
+    if key not in _engines:
+        client = docker_client()
+        try:
+            version = client.version()
+            info = client.info()
+        finally:
+            client.close()
+        _engines[key] = engine_of(version, info, key)
+    return _engines[key]
+
+
+def engine_of(version: dict[str, Any], info: dict[str, Any], host: str) -> Engine:
+    """The :class:`Engine` an engine's ``/version`` and ``/info`` answers describe."""
+    components = version.get("Components") or []
+    podman = [c for c in components if "podman" in str(c.get("Name", "")).lower()]
+    security = [str(o) for o in info.get("SecurityOptions") or []]
+    return Engine(name="Podman" if podman else "Docker",
+                  version=str(podman[0].get("Version") if podman else version.get("Version", "?")),
+                  rootless=info.get("Rootless") is True or any("name=rootless" in o for o in security),
+                  cgroup_version=str(info.get("CgroupVersion") or ""), host=host)
 
 
 def engine_is_podman() -> bool:
     """Whether the engine that answers is Podman's Docker-compatible service (asked once per socket)."""
-    key = os.environ.get("DOCKER_HOST", "")
-    if key not in _podman:
-        client = docker_client()
-        try:
-            components = client.version().get("Components") or []
-            _podman[key] = any("podman" in str(c.get("Name", "")).lower() for c in components)
-        finally:
-            client.close()
-    return _podman[key]
+    return engine().podman
 
 
 def engine_run_options() -> dict[str, Any]:
@@ -86,8 +133,11 @@ def engine_run_options() -> dict[str, Any]:
     limits of a container above what its service may grant (runc then fails: "error setting
     rlimits ... operation not permitted"; the service caps its own process limit at pid_max):
     there, modest limits within the caller's own are asked for instead (8192 processes, 65536
-    files: far above what a lab target runs)."""
-    if not engine_is_podman():
+    files: far above what a lab target runs). Rootless Podman sets a container's limits to its
+    own service's (whatever is asked): nothing is asked there, the caller's limits say nothing of
+    the service's, which runs as another user."""
+    e = engine()
+    if not e.podman or e.rootless:
         return {}
     import resource
 

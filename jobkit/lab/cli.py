@@ -219,6 +219,10 @@ def _ls(client: Any) -> int:
     if client is None:
         print("\nno Docker engine answers: only the local target is available", file=sys.stderr)
         return 0
+    from jobkit.lab import engine
+
+    with contextlib.suppress(Exception):  # the list above is the answer; the engine line only adds to it
+        print(f"\nengine: {engine().describe()}")
     containers = _lab_containers(client)
     if containers:
         print(f"\n{'RUNNING':<16} {'ID':<12} {'STATUS':<9} {'ADDRESS':<16} OWNER")
