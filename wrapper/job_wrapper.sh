@@ -66,13 +66,13 @@ db=$base/server.db
 state=$jobs_dir/$job_id.status
 log=$jobs_dir/$job_id.wrapper.log
 tmp=$jobs_dir/.$job_id.status.$$.tmp
-dbout=$jobs_dir/.$job_id.db.$$.tmp
+pre=$jobs_dir/.$job_id.db.$$.tmp
 wtmp=$tmp
 job_out='' job_err=''
 [ "$output" != files ] || { job_out=$jobs_dir/$job_id.out job_err=$jobs_dir/$job_id.err; }
 
 # --- signals: installed before any state is written ---------------------------------------
-sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0 db_pid='' db_run_pid=''
+sig_name='' sig_num='' sig_pending=0 job_pid='' timer_pid='' reaped=0 db_run_pid=''
 
 
 # signal_group SIG PGID: its status says whether the group was signalled. kill's syntax for a
@@ -236,7 +236,9 @@ case $boot_id in *[!0123456789abcdef-]*) boot_id= ;; esac
 proc_start_of "$$"
 wrapper_start=$proc_start
 status='' exit_code='' started_at='' started_epoch='' completed_at='' completed_epoch='' proc_start=''
-forced_kill=false db_state=pending db_detail='' dir_sync_pid=''
+forced_kill=false db_state=pending db_detail=''
+db_ok=ok # the database's outcome when all goes well
+[ "$db_mode" != none ] || db_ok=none
 
 # --- the state file ---------------------------------------------------------------------------
 # Written to a temp file of this wrapper's own (pid in the name), read back, flushed, renamed
@@ -246,6 +248,9 @@ forced_kill=false db_state=pending db_detail='' dir_sync_pid=''
 # there is no lock descriptor for the job to inherit, no lock to time out, and nothing to fall
 # back from where flock(1) is missing.
 write_state() { # [running|final|annotate]; writes through the temp file $wtmp
+  # A final state also prepares, in the file $pre, the rewrite that adds the database's outcome
+  # as it is when all goes well ($db_ok), flushed by the same sync: once the database has
+  # answered so, that rewrite is a rename alone. Removed whenever the final write fails.
   jstr "$status"; t_status=$tok
   jnum "$exit_code"; t_exit=$tok
   jstr "$sig_name"; t_sig=$tok
@@ -260,24 +265,34 @@ write_state() { # [running|final|annotate]; writes through the temp file $wtmp
   jstr "$boot_id"; t_boot=$tok
   jstr "$db_state"; t_db=$tok
   jstr "$db_detail"; t_dbd=$tok
-  json="{\"version\":$JOBKIT_WRAPPER_VERSION,\"id\":\"$job_id\",\"status\":$t_status,\"exit_code\":$t_exit,\"signal\":$t_sig,\"forced_kill\":$forced_kill,\"started_at\":$t_sa,\"started_epoch\":$t_se,\"completed_at\":$t_ca,\"completed_epoch\":$t_ce,\"user\":$t_user,\"host\":$t_host,\"pid\":$t_pid,\"pgid\":$t_pid,\"proc_start\":$t_ps,\"boot_id\":$t_boot,\"wrapper_pid\":$$,\"wrapper_start\":${wrapper_start:-null},\"db\":$t_db,\"db_detail\":$t_dbd}"
-  back=
+  head="{\"version\":$JOBKIT_WRAPPER_VERSION,\"id\":\"$job_id\",\"status\":$t_status,\"exit_code\":$t_exit,\"signal\":$t_sig,\"forced_kill\":$forced_kill,\"started_at\":$t_sa,\"started_epoch\":$t_se,\"completed_at\":$t_ca,\"completed_epoch\":$t_ce,\"user\":$t_user,\"host\":$t_host,\"pid\":$t_pid,\"pgid\":$t_pid,\"proc_start\":$t_ps,\"boot_id\":$t_boot,\"wrapper_pid\":$$,\"wrapper_start\":${wrapper_start:-null},\"db\":"
+  json="$head$t_db,\"db_detail\":$t_dbd}"
+  back='' pre_sync=''
+  if [ "${1:-}" = final ]; then
+    pre_json="$head\"$db_ok\",\"db_detail\":null}"
+    if { printf '%s\n' "$pre_json" >"$pre"; } 2>/dev/null && { read -r back <"$pre"; } 2>/dev/null &&
+      [ "$back" = "$pre_json" ]; then
+      pre_sync=$pre
+    else
+      rm -f -- "$pre" 2>/dev/null
+    fi
+    back=
+  fi
   if { printf '%s\n' "$json" >"$wtmp"; } 2>/dev/null &&
     { read -r back <"$wtmp"; } 2>/dev/null && [ "$back" = "$json" ] &&
-    { sync -- "$wtmp" || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
-    # The directory is flushed after a final state: in the background while the database is
-    # waited for (the wrapper waits for it before exiting). The running state needs no flush of
-    # its own (the final one's covers the directory; a crash before it finds no file or the
-    # complete running JSON), nor does the rewrite that only adds the database outcome to a
-    # final state already flushed (a crash finds one or the other).
+    { sync -- "$wtmp" ${pre_sync:+"$pre_sync"} || sync; } 2>/dev/null && mv -f -- "$wtmp" "$state" 2>/dev/null; then
+    # The directory is flushed after a final state (the final one is written in the background
+    # while the database is waited for). The running state needs no flush of its own (the final
+    # one's covers the directory; a crash before it finds no file or the complete running JSON),
+    # nor does the rewrite that only adds the database outcome to a final state already flushed
+    # (a crash finds one or the other).
     case ${1:-} in
       running | annotate) ;;
-      final) sync -- "$jobs_dir" 2>/dev/null & dir_sync_pid=$! ;;
       *) sync -- "$jobs_dir" 2>/dev/null ;;
     esac
     return 0
   fi
-  rm -f -- "$wtmp" 2>/dev/null
+  rm -f -- "$wtmp" ${pre_sync:+"$pre_sync"} 2>/dev/null
   warn "state file write failed (status=$status): previous state kept"
   return 1
 }
@@ -349,21 +364,13 @@ db_update() { # SET-clause [running]; sets db_state (ok|locked|missing|corrupt|w
   done
 }
 
-db_start() { # SET-clause [running]: db_update in the background; the final one's outcome lands in $dbout
+db_start() { # SET-clause running: the running UPDATE in the background
   (
     exec </dev/null >/dev/null
     trap - HUP INT QUIT PIPE TERM USR1 USR2
-    db_update "$1" "${2:-}"
-    [ "${2:-}" = running ] || printf '%s\n%s\n' "$db_state" "$db_detail" >"$dbout"
+    db_update "$1" running
   ) &
-  if [ "${2:-}" = running ]; then db_run_pid=$!; else db_pid=$!; fi
-}
-db_finish() { # wait for both UPDATEs and take the final one's outcome
-  wait "$db_pid" 2>/dev/null
-  [ -z "$db_run_pid" ] || wait "$db_run_pid" 2>/dev/null
-  db_state='' db_detail=''
-  { read -r db_state && read -r db_detail; } <"$dbout" 2>/dev/null
-  [ -n "$db_state" ] || { db_state=error db_detail='database update ended without a result'; }
+  db_run_pid=$!
 }
 
 # --- start ------------------------------------------------------------------------------------
@@ -538,18 +545,19 @@ while [ "$j_n" -lt 3000 ]; do
   j_n=$((j_n + 1))
 done
 
-# The start: the job's start time (before the clock is read: a job reaped meanwhile has none
-# left), then the clock. A job already over by then (a zombie, or gone: a `true`) gets no running
-# state: the final one would replace it at once. Only where /proc answered for this wrapper
+# The start: the job's start time (a job reaped meanwhile has none left), whether the job is
+# already over (a zombie, or gone: a `true`), then the clock. A job over before the clock is
+# read gets no running state (the final one would replace it at once) and no second reading of
+# the clock: this one is already later than its end. Only where /proc answered for this wrapper
 # itself (without it a job cannot be seen to be over), and not in posh: its `wait` then
 # misparses its operand now and then (`wait: invalid option`, status 1) once the job has been
 # reaped, and the job's status would be lost.
 proc_start_of "$job_pid"
-now
-started_at=$now_iso started_epoch=$now_epoch status=running
 job_over=0
 [ -n "$sig_name" ] || [ -z "$wrapper_start" ] || [ -n "${POSH_VERSION:-}" ] || child_running "$job_pid" ||
   job_over=1
+now
+started_at=$now_iso started_epoch=$now_epoch status=running
 [ "$job_over" = 1 ] || write_state running
 sql_text "$user"; s_user=$tok
 sql_text "$host"; s_host=$tok
@@ -622,17 +630,28 @@ else
     esac
   fi
 fi
-now
+[ "$job_over" = 1 ] || now # a job over before the start's reading ended before it
 completed_at=$now_iso completed_epoch=$now_epoch
 
-# The state file first: the database may keep us waiting, and must never cost us this write.
-# The final UPDATE runs beside it; then the file records its outcome.
-sql_text "$sig_name"; s_sig=$tok
-db_start "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}, $start_set"
+# The final state file first, in the background: the database may keep us waiting, and must
+# never cost us this write. The final UPDATE runs beside it; then the file records its outcome:
+# the prepared rewrite renamed in when the database answered as expected, else written anew.
+# The background writer is waited for until it is really gone (posh's `wait`, see above): the
+# rewrite must never be renamed before the final state.
 db_state=pending db_detail=''
-write_state final
-db_finish
-wtmp=$dbout # reuse the outcome file as the last temp file: no extra process to remove it
-write_state annotate
-[ -z "$dir_sync_pid" ] || wait "$dir_sync_pid" 2>/dev/null
+write_state final &
+final_pid=$!
+sql_text "$sig_name"; s_sig=$tok
+db_update "status = '$status', exit_code = $exit_code, signal = $s_sig, completed_at = '$completed_at', completed_epoch = ${completed_epoch:-NULL}, $start_set"
+wait "$final_pid" 2>/dev/null
+w_n=0
+while [ "$w_n" -lt 100 ] && child_unreaped "$final_pid"; do
+  wait "$final_pid" 2>/dev/null
+  w_n=$((w_n + 1))
+done
+if [ "$db_state" != "$db_ok" ] || [ -n "$db_detail" ] || [ ! -f "$pre" ] || ! mv -f -- "$pre" "$state" 2>/dev/null; then
+  wtmp=$pre
+  write_state annotate
+fi
+[ -z "$db_run_pid" ] || wait "$db_run_pid" 2>/dev/null
 exit "$exit_code"

@@ -149,7 +149,7 @@ OPERATORS: tuple[Operator, ...] = (
     Operator("skip_readback", "the temp state file is not read back and compared before the rename",
              _sub(r'\{ read -r (\w+) <"?\$\{?\w+\}?"?; \} 2>/dev/null &&\s*\[ "\$\1" = "\$\w+" \] &&\s*', "")),
     Operator("skip_fsync", "the temp state file is not flushed (sync) before the rename",
-             _sub(r'\{ sync -- "\$\w+" \|\| sync; \} 2>/dev/null &&\s*', "")),
+             _sub(r'\{ sync -- "\$\w+"(?: \$\{\w+:\+"\$\w+"\})? \|\| sync; \} 2>/dev/null &&\s*', "")),
     Operator("id_charset_weakened", "the job id check lets '.' and '/' through (path traversal)",
              _sub(r"\[!((?:[A-Za-z]-[A-Za-z]|ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz)[^\]\n]*)\]",
                   r"[!./\1]", which="first")),

@@ -388,10 +388,10 @@ tmux_test() { # kill-session|kill-server
   run -0 --separate-stderr wrapper fd1 sh -c "cd '$BASE/jobs'; n=0; while [ ! -e fd1.status ] && [ \$n -lt 200 ]; do sleep 0.05; n=\$((n + 1)); done; cat /dev/zero >filler 2>/dev/null; i=0; while true >fill\$i; do i=\$((i + 1)); done 2>/dev/null; exit 0"
   local st
   st=$(field fd1 status) || { umount "$BASE/jobs"; false; }
-  # The first final write needs a new inode and fails: reported, the running state kept. The
-  # last write goes through the database-outcome file, which the background UPDATE may have
-  # created while the disk still had room: then the final state lands after all. Either way the
-  # file is one valid JSON document, the previous state or the final one, never a broken one.
+  # The first final write needs new inodes and fails: reported, the running state kept, and the
+  # rewrite with the database outcome needs one too. Were an inode freed meanwhile, the final
+  # state would land after all. Either way the file is one valid JSON document, the previous
+  # state or the final one, never a broken one.
   [[ $stderr == *"state file write failed (status=completed)"* ]]
   [[ $st == running || $st == completed ]]
   [ "$(grep -c . "$(state_file fd1)")" = 1 ]
@@ -513,6 +513,25 @@ PY
     assert_equal "$(db_field "$id" started_at)" "$(jq -r .started_at "$f")"
     assert_equal "$(db_field "$id" completed_epoch)" "$(jq -r .completed_epoch "$f")"
   done
+}
+
+@test "no temporary file is left in the state directory, whatever the database answered" {
+  add_row tf1
+  run -0 wrapper tf1 true                              # ok: the prepared rewrite renamed in
+  assert_final tf1 completed 0 null
+  run -4 wrapper tf2 sh -c 'exit 4'                    # no row: written anew
+  assert_equal "$(field tf2 db)" no_row
+  add_row tf3
+  run -143 wrapper tf3 sh -c 'kill -s TERM $$'         # a signal, ok
+  assert_final tf3 failed 143 TERM
+  JOBKIT_DB=none run -0 wrapper tf4 true               # no database: `none` is the expected answer
+  assert_equal "$(field tf4 db)" none
+  mv "$BASE/server.db" "$BASE/gone.db"
+  run -0 wrapper tf5 true                              # missing: written anew
+  assert_equal "$(field tf5 db)" missing
+  local left
+  left=$(find "$BASE/jobs" -name '*.tmp')
+  assert_equal "$left" ""
 }
 
 @test "crash points: killing the wrapper at any write leaves the previous or the next valid JSON" {
