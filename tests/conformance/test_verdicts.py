@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from jobkit import wrapper_dir
 from jobkit.conformance.clauses import CLAUSES
 from jobkit.conformance.runner import ERROR, FAIL, NA, PASS, Result, TargetSpec, run_target
-from jobkit.lab import Lab
+from jobkit.lab import Lab, LabHost
 from jobkit.transport_ssh import SSHTransport
 from tests.broken_wrappers import DEVIANTS, write_deviant
 
@@ -75,3 +76,39 @@ def test_every_clause_gives_a_clean_verdict_on_protocol_deviant_wrappers(jobkit_
     # (an `error` elsewhere can only be the machine's: a fault not set up in time on a loaded host)
     assert {r.outcome for r in per_wrapper["hangs"]} <= {ERROR, FAIL, PASS, NA}
     assert any("were killed" in r.message for r in per_wrapper["hangs"])
+
+
+def test_a_clause_that_fails_early_leaves_no_job_running_on_the_host(local_host: LabHost, tmp_path: Path) -> None:
+    # W-16's job waits for a go file; a wrapper that never says `running` fails the clause before
+    # the go file was made: the job must still end (it ran for the rest of the session before)
+    wrapper = write_deviant(next(d for d in DEVIANTS if d.name == "no_state_file"), tmp_path)
+    base = f"~/.conf-leak-{tmp_path.name}"
+
+    async def go() -> list[Result]:
+        t = SSHTransport(local_host.spec)
+        try:
+            return await run_target(TargetSpec(local_host.target, t, local_host), wrapper=wrapper, schema=SCHEMA,
+                                    base_dir=base, clauses=[c for c in CLAUSES if c.id == "W-16"],
+                                    progress=lambda *_: None, patience=0.05)
+        finally:
+            await t.close()
+
+    [result] = asyncio.run(go())
+    assert result.outcome in (FAIL, NA), result.message
+    mark = f"/.conf-leak-{tmp_path.name}/"
+
+    def left() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if mark in argv:
+                found.append(f"{cmdline.parent.name}: {argv}")
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left(), "processes of the clause's job are still running:\n" + "\n".join(left())
