@@ -37,8 +37,8 @@ BUGS: tuple[Bug, ...] = (
           "  { printf '%s' \"$half\" >\"$state\"; sleep 0.2; printf '%s\\n' \"${json#\"$half\"}\" >>\"$state\"; }"
           " 2>/dev/null\n  return 0\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
     Bug("in_place", "the state file is written in place (`printf >file`), not through a temp file and a rename", "W-16",
-        (("  back=\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&",
-          "  back=\n  { printf '%s\\n' \"$json\" >\"$state\"; } 2>/dev/null && return 0\n"
+        (("  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&",
+          "  { printf '%s\\n' \"$json\" >\"$state\"; } 2>/dev/null && return 0\n"
           "  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"),)),
     Bug("no_busy_timeout", "sqlite3 runs with no busy timeout and no retries", "W-10",
         (('    out=$(sqlite3 -batch -bail -cmd ".timeout $db_timeout" -cmd "PRAGMA synchronous=NORMAL" \\\n',
@@ -98,7 +98,8 @@ exit $rc
 """
 
 _WRITE_STATE = "write_state() { # [running|final|annotate]; writes through the temp file $wtmp"
-_STATE_WRITE = "  back=\n  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"
+_STATE_WRITE = "  if { printf '%s\\n' \"$json\" >\"$wtmp\"; } 2>/dev/null &&"
+_PRE_JSON = '    pre_json="$head\\"$db_ok\\",\\"db_detail\\":null}"'
 
 DEVIANTS: tuple[Deviant, ...] = (
     Deviant("no_pid", "the state file has no pid, pgid or wrapper_pid field",
@@ -108,7 +109,8 @@ DEVIANTS: tuple[Deviant, ...] = (
     Deviant("empty_state_file", "writes an empty state file",
             ((_WRITE_STATE, 'write_state() { : >"$state"; return 0; }\n_unused() {'),)),
     Deviant("array_state_file", "writes the state as a JSON array holding the object",
-            ((_STATE_WRITE, '  json="[$json]"\n' + _STATE_WRITE),)),
+            ((_STATE_WRITE, '  json="[$json]"\n' + _STATE_WRITE),
+             (_PRE_JSON, _PRE_JSON + '\n    pre_json="[$pre_json]"'))),
     Deviant("db_never_updated", "never updates the server database (and says nothing about it)",
             (("db_update() { # SET-clause [running];", "db_update() { db_state=ok; return 0; }\n_unused() { #"),)),
     Deviant("exits_at_once", "exits 0 at once, doing nothing", text="#!/bin/sh\nexit 0\n"),
