@@ -17,6 +17,7 @@ from jobkit.conformance.runner import ERROR, FAIL, NA, PASS, Result, TargetSpec,
 from jobkit.lab import Lab, LabHost
 from jobkit.transport_ssh import SSHTransport
 from tests.broken_wrappers import DEVIANTS, write_deviant
+from tests.lab.test_hygiene import processes_mentioning
 
 pytestmark = pytest.mark.slow
 SCHEMA = wrapper_dir() / "server_schema.sql"
@@ -95,20 +96,9 @@ def test_a_clause_that_fails_early_leaves_no_job_running_on_the_host(local_host:
 
     [result] = asyncio.run(go())
     assert result.outcome in (FAIL, NA), result.message
-    mark = f"/.conf-leak-{tmp_path.name}/"
-
-    def left() -> list[str]:
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if mark in argv:
-                found.append(f"{cmdline.parent.name}: {argv}")
-        return found
-
+    mark = Path(f"/.conf-leak-{tmp_path.name}")  # in the job's command line (the go file's path)
     deadline = time.monotonic() + 10
-    while left() and time.monotonic() < deadline:
+    while processes_mentioning(mark) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not left(), "processes of the clause's job are still running:\n" + "\n".join(left())
+    assert not processes_mentioning(mark), "processes of the clause's job are still running:\n" + "\n".join(
+        processes_mentioning(mark))
