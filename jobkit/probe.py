@@ -66,17 +66,22 @@ def _str(v: Any) -> str | None:
     return v if type(v) is str else None
 
 
+def _digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()  # str.isdigit alone takes "²", which int() refuses
+
+
 def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
+    # Sections: a line that starts with "==" opens one ("==name rest"); the text before the first
+    # is no section. Split once on "\n==" rather than line by line: 1,000 jobs are ~3,000 lines.
     sections: dict[str, list[str]] = {}
     header: dict[str, str] = {}
-    current: list[str] | None = None
-    for line in output.split("\n"):
-        if line[:2] == "==":
-            name, _, rest = line[2:].partition(" ")
-            header[name] = rest
-            current = sections.setdefault(name, [])
-        elif current is not None:
-            current.append(line)
+    for chunk in ("\n" + output).split("\n==")[1:]:
+        head, nl, body = chunk.partition("\n")
+        name, _, rest = head.partition(" ")
+        header[name] = rest
+        lines = sections.setdefault(name, [])
+        if nl:
+            lines.extend(body.split("\n"))
     if "end" not in header:  # the answer was cut: nothing in it can be trusted
         return ProbeResult(HostState(reachable=False, error="probe output incomplete (connection lost mid-answer?)"),
                            raw=output)
@@ -98,9 +103,13 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
             db_state = _db_error_state(text)
         elif text:
             try:
-                for row in json.loads(text):
+                rows = json.loads(text)
+            except ValueError:
+                rows = None
+            if type(rows) is list and all(type(row) is dict for row in rows):
+                for row in rows:
                     db_rows[str(row.get("id"))] = row
-            except (ValueError, AttributeError):
+            else:  # not sqlite3's answer to the query (a number, an object, text)
                 db_state = "error"
 
     # state files: lines "F\t<path>\t<content>" grouped by file; "E id" marks existence
@@ -110,7 +119,10 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
     for ln in sections.get("files", []):
         kind = ln[:2]
         if kind == "F\t":
-            _, path, content = ln.split("\t", 2)
+            parts = ln.split("\t", 2)
+            if len(parts) != 3:
+                continue  # not a line the probe writes: no content of any file
+            path, content = parts[1], parts[2]
             jid = path.rsplit("/", 1)[-1].removesuffix(".status")  # a path (older probes) or the id
             if jid in contents:
                 contents[jid].append(content)
@@ -127,10 +139,10 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
     starts: dict[int, int | None] = {}
     for ln in sections.get("procs", []):
         parts = ln.split()
-        if len(parts) >= 2 and parts[0] == "S":
+        if len(parts) >= 2 and parts[0] == "S" and _digits(parts[1]):
             if len(parts) > 3 and parts[3] in ("Z", "X"):
                 continue  # a zombie is dead, whoever will reap it
-            starts[int(parts[1])] = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            starts[int(parts[1])] = int(parts[2]) if len(parts) > 2 and _digits(parts[2]) else None
     tmux_lines = sections.get("tmux", [])
     tmux_ok = any(ln == "rc=0" for ln in tmux_lines)
     tmux_known = any(ln.startswith("rc=") and ln != "rc=none" for ln in tmux_lines)
@@ -138,17 +150,20 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
 
     result = ProbeResult(host, raw=output)
     result.all_ids = [ln[2:] for ln in sections.get("all", []) if ln.startswith("A ")]
+    evidence = result.evidence
+    no_db = DbEvidence(db_state) if db_state != "ok" else DbEvidence("no_row")  # one shared (frozen) instance
+    lives: dict[tuple[bool | None, bool | None, bool | None], Liveness] = {}
     for q in queries:
-        if db_state != "ok":
-            db = DbEvidence(db_state)
-        elif q.job_id in db_rows:
-            r = db_rows[q.job_id]
-            db = DbEvidence("ok", _str(r.get("status")), _int(r.get("exit_code")), _str(r.get("signal")),
-                            _int(r.get("started_epoch")), _int(r.get("completed_epoch")), _str(r.get("boot_id")),
-                            _int(r.get("pid")), _str(r.get("token")))
+        jid = q.job_id
+        r = db_rows.get(jid) if db_state == "ok" else None
+        if r is not None:
+            g = r.get
+            db = DbEvidence("ok", _str(g("status")), _int(g("exit_code")), _str(g("signal")),
+                            _int(g("started_epoch")), _int(g("completed_epoch")), _str(g("boot_id")),
+                            _int(g("pid")), _str(g("token")))
         else:
-            db = DbEvidence("no_row")
-        sf = _file_evidence(q.job_id, q.job_id in exists, contents.get(q.job_id))
+            db = no_db
+        sf = _file_evidence(jid, jid in exists, contents.get(jid))
         pid = sf.pid or db.pid or q.pid
         proc_start = sf.proc_start if sf.proc_start is not None else q.proc_start
         job_alive: bool | None = None
@@ -157,49 +172,63 @@ def parse(output: str, queries: list[JobQuery]) -> ProbeResult:
         wrapper_alive: bool | None = None
         if sf.wrapper_pid is not None:  # the same process, not a later one behind a reused pid
             wrapper_alive = sf.wrapper_pid in starts and sf.wrapper_start in (None, starts[sf.wrapper_pid])
-        tmux = (q.job_id in sessions) if tmux_known else None
+        tmux = (jid in sessions) if tmux_known else None
         if tmux_known and not tmux_ok:
             tmux = False  # no tmux server on the socket: no session
-        claim = _claim(claims.get(q.job_id), q.job_id in fenced, starts)
+        claim = _claim(claims.get(jid), jid in fenced, starts)
         if wrapper_alive is None and claim.pid is not None:
             wrapper_alive = claim.alive
-        result.evidence[q.job_id] = Evidence(q.job_id, host, db, sf, Liveness(job_alive, wrapper_alive, tmux), claim)
+        key = (job_alive, wrapper_alive, tmux)
+        live = lives.get(key)
+        if live is None:
+            live = lives[key] = Liveness(job_alive, wrapper_alive, tmux)
+        evidence[jid] = Evidence(jid, host, db, sf, live, claim)
     return result
+
+
+_FENCED = Claim("fenced")
+_ABSENT = Claim("absent")
+_OTHER = Claim("other")
 
 
 def _claim(line: str | None, fenced_now: bool, starts: dict[int, int | None]) -> Claim:
     if fenced_now or (line is not None and line.startswith("jobkit-fence ")):
-        return Claim("fenced")
+        return _FENCED
     if line is None:
-        return Claim("absent")
+        return _ABSENT
     m = _CLAIM_RE.match(line)
     if m is None:
-        return Claim("other")  # created but unwritten (a full disk), or not jobkit's
+        return _OTHER  # created but unwritten (a full disk), or not jobkit's
     pid, start = int(m.group(1)), m.group(2)
     return Claim("wrapper", pid, pid in starts and (start is None or starts[pid] == int(start)))
 
 
 #: the claim line: its pid, and the wrapper's start time (to tell it from a reused pid)
 _CLAIM_RE = re.compile(r"jobkit-wrapper\[(\d+)\] [A-Za-z0-9_-]+: claimed(?: \(start (\d+)\))?")
+_MISSING = FileEvidence("missing")
 
 
 def _file_evidence(job_id: str, exists: bool, lines: list[str] | None) -> FileEvidence:
     if not exists:
-        return FileEvidence("missing")
-    raw = "\n".join(lines or [])
+        return _MISSING
+    raw = "\n".join(lines) if lines else ""
     try:
         data = json.loads(raw)
     except ValueError:
         return FileEvidence("invalid", raw=raw[:500])
-    if not isinstance(data, dict) or data.get("id") != job_id or data.get("status") not in FINAL_OR_RUNNING:
+    if type(data) is not dict or data.get("id") != job_id:
         return FileEvidence("invalid", raw=raw[:500])
-    code = _int(data.get("exit_code"))
-    if data["status"] != "running" and code is None:
+    status = data.get("status")
+    if type(status) is not str or status not in FINAL_OR_RUNNING:  # a list is unhashable: no set lookup
         return FileEvidence("invalid", raw=raw[:500])
-    return FileEvidence("ok", data["status"], code, _str(data.get("signal")), _int(data.get("pid")),
-                        _int(data.get("wrapper_pid")), _int(data.get("proc_start")), _str(data.get("boot_id")),
-                        _int(data.get("started_epoch")), _int(data.get("completed_epoch")), _str(data.get("db")),
-                        raw=raw[:500], wrapper_start=_int(data.get("wrapper_start")))
+    g = data.get
+    code = _int(g("exit_code"))
+    if status != "running" and code is None:
+        return FileEvidence("invalid", raw=raw[:500])
+    return FileEvidence("ok", status, code, _str(g("signal")), _int(g("pid")), _int(g("wrapper_pid")),
+                        _int(g("proc_start")), _str(g("boot_id")), _int(g("started_epoch")),
+                        _int(g("completed_epoch")), _str(g("db")), raw=raw[:500],
+                        wrapper_start=_int(g("wrapper_start")))
 
 
 #: what the host accepts as an id (the probe drops anything else, as the wrapper refuses it)

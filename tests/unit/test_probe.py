@@ -101,6 +101,54 @@ def test_a_state_file_that_is_not_a_protocol_state_is_invalid(content: str) -> N
     assert r.evidence["a"].file.state == "invalid"
 
 
+_STATE_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.text(max_size=8),
+                         st.sampled_from(["running", "completed", "failed"]), st.lists(st.integers(), max_size=2),
+                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_STATE_FILES = st.fixed_dictionaries({"id": st.sampled_from(["a", "b", 7, None]), "status": _STATE_VALUES},
+                                     optional={"exit_code": _STATE_VALUES, "pid": _STATE_VALUES,
+                                               "wrapper_pid": _STATE_VALUES, "signal": _STATE_VALUES})
+_ANSWER_LINES = st.one_of(
+    st.sampled_from(["==db rc=0", "==db rc=1", "==db missing", "==files", "==procs", "==tmux", "==fence", "==all",
+                     "==now 12", "==now x", "==boot", "rc=0", "rc=1", "T a", "X b", "A a", "E a", "E b", "L\ta",
+                     "L\ta\tjobkit-wrapper[41] a: claimed (start 7)", "L\tb\tjobkit-fence 9: never started"]),
+    st.builds(lambda j, sep: f"F{sep}{j}", st.sampled_from(["a", "b", "/x/jobs/a.status"]),
+              st.sampled_from(["", "\t"])),
+    st.builds(lambda j, c: f"F\t{j}\t{c}", st.sampled_from(["a", "b"]), st.one_of(_STATE_FILES.map(json.dumps),
+                                                                                  st.text(max_size=20))),
+    st.builds(lambda *p: " ".join(p), st.just("S"), st.sampled_from(["41", "40", "x", "-1", ""]),
+              st.sampled_from(["7", "", "z"]), st.sampled_from(["S", "Z", ""])),
+    st.one_of(st.lists(st.one_of(_STATE_FILES, st.integers(), st.text(max_size=3)), max_size=3), st.integers(),
+              st.text(max_size=5), _STATE_FILES).map(json.dumps),
+    st.text(max_size=30))
+
+
+_SECTIONS = st.sampled_from(["==boot b", "==now 12", "==db rc=0", "==db rc=1", "==db missing", "==files", "==procs",
+                             "==tmux", "==fence", "==all", "==other"])
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_SECTIONS, st.lists(_ANSWER_LINES, max_size=6)), max_size=10), st.booleans())
+def test_any_answer_gives_evidence_or_unavailable_never_an_exception(sections: list[tuple[str, list[str]]],
+                                                                       ended: bool) -> None:
+    """Whatever came back (a foreign wrapper's files, a damaged database, garbage), parsing it
+    gives every job its evidence with known states, or the host unavailable: never a raise."""
+    text = "".join(f"{head}\n" + "".join(f"{ln}\n" for ln in lines) for head, lines in sections)
+    r = parse(text + ("==end\n" if ended else ""), [JobQuery("a"), JobQuery("b", 41, 7)])
+    if not r.host.reachable:
+        assert not r.evidence
+        return
+    assert set(r.evidence) == {"a", "b"}
+    for ev in r.evidence.values():
+        assert ev.db is not None
+        assert ev.file is not None
+        assert ev.claim is not None
+        assert ev.db.state in {"ok", "no_row", "missing", "locked", "corrupt", "wrong_schema", "no_sqlite3", "error"}
+        assert ev.file.state in {"ok", "missing", "invalid"}
+        assert ev.file.state != "ok" or (ev.file.status in {"running", "completed", "failed"}
+                                         and (ev.file.status == "running" or type(ev.file.exit_code) is int))
+        assert ev.claim.state in {"absent", "wrapper", "fenced", "other"}
+
+
 class Failing:
     host_name = "h"
 
