@@ -41,7 +41,8 @@ class Submitted:
 #: the steps of a submit, in order (each logged before it runs and after it ended)
 SUBMIT_STEPS = ("record_local", "prepare", "register", "start")
 #: a hook called at every boundary of a submit's saga (the crash tests kill the process there):
-#: "saga-begun", "before:STEP", "begun:STEP", "acted:STEP", "after:STEP", "saga-end"
+#: "saga-begun", "before:STEP", "begun:STEP", "acted:STEP", "after:STEP", "saga-end"; and, when a
+#: step fails and the saga is walked back at once, "compensating", "undone:STEP", "compensated:STEP"
 Checkpoint = Callable[[str], None]
 
 
@@ -111,7 +112,7 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
             await store.call(lambda: log.step_end(sid, idx, StepState.FAILED, error=why))
         await store.call(log.move, sid, SagaState.FAILED, why)
         saga = await store.call(log.get, sid)
-        await walk_back(log, saga, _submit_compensations(store, lambda _h: transport, lambda _s: backend))
+        await walk_back(log, saga, _submit_compensations(store, lambda _h: transport, lambda _s: backend), cp)
 
     async def record() -> None:
         await store.call(store.sync.add_job, job_id, host, argv, None, token, name, cwd)

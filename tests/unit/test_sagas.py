@@ -172,6 +172,32 @@ def test_a_failed_compensation_is_recorded_and_resumed_where_it_stopped(tmp_path
     log.close()
 
 
+def test_a_saga_left_compensating_resumes_its_walk_back_and_never_compensates_twice(tmp_path: Path) -> None:
+    # the process died in the middle of a walk-back (SIGKILL, or Ctrl-C between two compensations):
+    # the saga is `compensating`, its newest step already compensated, the older ones not
+    log = SagaLog(tmp_path / "sagas.db")
+    undone: list[str] = []
+
+    def undo(name: str):  # type: ignore[no-untyped-def]
+        async def run(saga: Saga, step: Step) -> None:
+            undone.append(name)
+        return run
+
+    comp = {("op", n): undo(n) for n in ("a", "b", "c")}
+    sid = _crashed(log, [("a", StepState.SUCCEEDED), ("b", StepState.SUCCEEDED), ("c", StepState.SUCCEEDED)])
+    log.move(sid, SagaState.FAILED, "c: broke")
+    log.move(sid, SagaState.COMPENSATING)
+    log.step_end(sid, 2, StepState.COMPENSATED)
+    out = asyncio.run(recover(log, comp))
+    assert (out.compensated, out.failed, undone) == ([sid], [], ["b", "a"])  # c is not undone again
+    saga = log.get(sid)
+    assert (saga.state, saga.failure) == (SagaState.COMPENSATED, "c: broke")
+    assert [s.state for s in saga.steps] == [StepState.COMPENSATED] * 3
+    again = asyncio.run(recover(log, comp))
+    assert (again.changed, undone) == (0, ["b", "a"])
+    log.close()
+
+
 def test_an_operation_that_did_complete_is_marked_so_not_walked_back(tmp_path: Path) -> None:
     log = SagaLog(tmp_path / "sagas.db")
     done_sid = _crashed(log, [("a", StepState.SUCCEEDED), ("b", StepState.RUNNING)])
