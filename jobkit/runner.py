@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from jobkit.backends import Backend, FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState, TmuxBackend, backend_for
@@ -73,9 +73,10 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
         "cwd": cwd, "name": name, "scheduler": backend.name, "resources": req.resources})
     cp("saga-begun")
 
-    async def step(idx: int, what: str, act: Callable[[], Awaitable[LaunchOutcome | None]]) -> LaunchOutcome | None:
+    async def step(idx: int, what: str, asked: Mapping[str, object],
+                   act: Callable[[], Awaitable[LaunchOutcome | None]]) -> LaunchOutcome | None:
         cp(f"before:{what}")
-        await store.call(log.step_begin, sid, idx, what, None)
+        await store.call(log.step_begin, sid, idx, what, asked)
         cp(f"begun:{what}")
         try:
             outcome = await act()
@@ -117,11 +118,17 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
     async def record() -> None:
         await store.call(store.sync.add_job, job_id, host, argv, None, token, name, cwd)
 
+    # what each step is asked to do, recorded with it (`jobkit sagas --json` shows it)
+    where = {"host": host, "job_id": job_id, "base_dir": base_dir}
+    asked_start: dict[str, object] = {**where, "argv": argv, "env": req.env, "cwd": cwd}
+    if req.resources:
+        asked_start["resources"] = req.resources
     try:
-        await step(0, "record_local", record)
-        await step(1, "prepare", lambda: backend.prepare(transport, req, timeout=timeout))
-        await step(2, "register", lambda: backend.register(transport, req, timeout=timeout))
-        started = await step(3, "start", lambda: backend.start(transport, req, timeout=timeout))
+        await step(0, "record_local", {"host": host, "job_id": job_id, "argv": argv, "name": name, "cwd": cwd},
+                   record)
+        await step(1, "prepare", {**where, "cwd": cwd}, lambda: backend.prepare(transport, req, timeout=timeout))
+        await step(2, "register", where, lambda: backend.register(transport, req, timeout=timeout))
+        started = await step(3, "start", asked_start, lambda: backend.start(transport, req, timeout=timeout))
         if started is not None and started.scheduler_id:
             await store.call(store.sync.set_scheduler_id, job_id, started.scheduler_id)
         await store.call(log.move, sid, SagaState.COMPLETED)
@@ -218,7 +225,7 @@ async def cancel(transport: Transport, job_id: str, base_dir: str | None = None,
     sid = await store.call(log.begin, "cancel", {"job_id": job_id, "host": host, "base_dir": base_dir,
                                                  "scheduler": backend.name})
     try:
-        await store.call(log.step_begin, sid, 0, "signal", None)
+        await store.call(log.step_begin, sid, 0, "signal", {"host": host, "job_id": job_id, "base_dir": base_dir})
         try:
             what = await backend.cancel(transport, job_id, base_dir, timeout=timeout)
         except TransportError as exc:
