@@ -3,8 +3,8 @@
 Submit records the job locally (with a token of its own), then asks the host's backend to launch
 it (:mod:`jobkit.backends`); what the launch proves decides what is recorded: launched, refused
 (the id is someone else's: nothing recorded), failed (provably nothing started: ``failed``), or
-unknown (``queued``: reconciliation will tell). A retried launch of the same submission never
-starts the job twice.
+unknown (``queued``: reconciliation will tell). Each step is idempotent for its submission (its
+token): a step retried after its first attempt reached the host never starts the job twice.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from jobkit.backends import Backend, FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState, TmuxBackend, backend_for
-from jobkit.backends.tmux import launch_command, list_sessions, tmux_new_session
+from jobkit.backends.tmux import list_sessions, tmux_new_session
 from jobkit.errors import ConfigError, JobIdInUse, JobkitError, LaunchFailed, OutcomeUnknown, TransportError
 from jobkit.ids import new_id, validate_id
 from jobkit.sagas import Compensate, Recovery, Saga, SagaState, Step, StepState, walk_back
@@ -25,8 +25,7 @@ from jobkit.sagas import recover as sagas_recover
 from jobkit.store import AsyncStore
 from jobkit.transport import Transport
 
-__all__ = ["SUBMIT_STEPS", "Submitted", "cancel", "launch_command", "list_sessions", "recover", "submit",
-           "tmux_new_session"]
+__all__ = ["SUBMIT_STEPS", "Submitted", "cancel", "list_sessions", "recover", "submit", "tmux_new_session"]
 
 log_ = logging.getLogger("jobkit.runner")
 
