@@ -160,8 +160,9 @@ class ReconcileService:
     tick saw; entries of jobs no longer active (final, or gone from the store) are dropped, and
     jobs their host holds nothing of any more are counted (the merge decides what they are).
 
-    A tick due while one is still running is skipped (counted); :meth:`trigger` runs one now;
-    :meth:`stop` cancels the timer and waits for the tick in flight (never cuts it short)."""
+    A tick due while one is still running is skipped (counted); :meth:`trigger` runs one now, or,
+    when it arrives during a tick, right after that tick (triggers during one tick are coalesced
+    into that one next tick); :meth:`stop` cancels the timer and waits for the tick in flight (never cuts it short)."""
 
     def __init__(self, store: AsyncStore, transport_for: TransportFor, *, interval: float = 30.0,
                  grace: float = 30.0, concurrency: int = 4, timeout: float = 5.0,
@@ -252,6 +253,9 @@ class ReconcileService:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # cleared before the tick, not after: a trigger() that arrives while it runs is kept
+            # and runs the next tick as soon as this one ends
+            self._wake.clear()
             started = time.monotonic()
             try:
                 await self.tick()
@@ -262,7 +266,6 @@ class ReconcileService:
                 self.skipped += int(took // self.interval)  # ticks that fell due while this one ran
             if self._stopping:
                 break
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, self.interval - took))
 
@@ -273,7 +276,8 @@ class ReconcileService:
             self._task = asyncio.create_task(self._loop(), name="jobkit-reconcile")
 
     def trigger(self) -> None:
-        """Run the next tick now (the timer starts again after it); nothing once stopped."""
+        """Run the next tick now, or right after the tick in flight (the timer starts again after
+        it); nothing once stopped."""
         if not self._stopping:
             self._wake.set()
 
