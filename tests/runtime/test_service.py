@@ -77,7 +77,9 @@ async def test_a_tick_queries_once_bounds_its_hosts_and_logs_every_drift(
     assert any(f"drift {jobs['h0']}: status: 'queued' -> 'completed'" in r.getMessage() for r in caplog.records)
     again = await service.tick()
     assert again is not None
-    assert (again.reconciled, again.drifts, again.stale_removed) == (0, [], 5)  # final now: out of the cache
+    # final now: out of the cache, counted as finished (none of them is gone from the store)
+    assert (again.reconciled, again.drifts, again.finished, again.stale_removed) == (0, [], 5, 0)
+    assert service.cache == {}
     await t.close()
     store.sync.close()
 

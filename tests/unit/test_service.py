@@ -78,3 +78,24 @@ async def test_a_trigger_during_a_tick_runs_one_more_right_after_it(store: Async
         await until(lambda: service.ticks == 2)
     finally:
         await service.stop()
+
+
+async def test_the_cache_drops_jobs_gone_from_the_store_and_jobs_now_final_counted_apart(
+        store: AsyncStore) -> None:
+    gate = Gate()
+    gate.open.set()
+    for job in ("stays", "ends", "forgotten"):
+        store.sync.add_job(job, "h", ["true"])
+    service = ReconcileService(store, lambda _n: gate)  # type: ignore[arg-type,return-value]
+    first = await service.tick()
+    assert first is not None
+    assert sorted(service.cache) == ["ends", "forgotten", "stays"]
+    assert (first.stale_removed, first.finished) == (0, 0)
+    store.sync.mark_failed_launch("ends", "never started")  # final now
+    assert store.sync.forget_unlaunched("forgotten", None)  # exists nowhere any more
+    second = await service.tick()
+    assert second is not None
+    assert (second.stale_removed, second.finished, second.reconciled) == (1, 1, 1)
+    assert sorted(service.cache) == ["stays"]
+    assert second.as_dict()["stale_removed"] == 1
+    assert second.as_dict()["finished"] == 1
