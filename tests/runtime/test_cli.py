@@ -281,10 +281,14 @@ def test_watch_logs_each_change_survives_a_host_going_away_and_stops_cleanly_on_
         local.local.call_in_thread(local.local.stop_accepting)
         try:
             wait_for("lab: UNAVAILABLE")
+            # every change is a line on plain `watch` (no JOBKIT_LOG): a job that only went stale too
+            wait_for(f"{long}: running (stale: False -> True")
         finally:
             local.local.call_in_thread(local.local.resume_accepting)
         wait_for("lab: reachable again")
+        wait_for(f"{long}: running (stale: True -> False")
         assert sum("lab: UNAVAILABLE" in ln for ln in lines) == 1
+        assert sum(f"{job}: " in ln and "-> completed" in ln for ln in lines) == 1  # one line per change
         watch.send_signal(signal.SIGTERM)
         _out, err = watch.communicate(timeout=30)
         assert watch.returncode == 0, err
