@@ -132,7 +132,8 @@ class Tick:
     changed: int = 0  # jobs whose status changed
     drifts: list[Drift] = field(default_factory=list)
     superseded: int = 0  # records another writer changed after the tick started: kept as they are
-    stale_removed: int = 0  # cache entries dropped: jobs no longer active, or gone from the store
+    stale_removed: int = 0  # cache entries dropped because their jobs exist nowhere any more (gone from the store)
+    finished: int = 0  # cache entries dropped because their jobs became final (nothing left to reconcile)
     vanished: list[str] = field(default_factory=list)  # jobs their host holds nothing of any more
     hosts_probed: int = 0
     hosts_unavailable: list[str] = field(default_factory=list)
@@ -143,6 +144,7 @@ class Tick:
     def as_dict(self) -> dict[str, Any]:
         return {"started_at": self.started_at, "reconciled": self.reconciled, "changed": self.changed,
                 "drifts": len(self.drifts), "superseded": self.superseded, "stale_removed": self.stale_removed,
+                "finished": self.finished,
                 "vanished": len(self.vanished), "hosts_probed": self.hosts_probed,
                 "hosts_unavailable": self.hosts_unavailable, "hosts_failed": self.hosts_failed,
                 "seconds": round(self.seconds, 3)}
@@ -156,12 +158,16 @@ class ReconcileService:
     bounded by ``timeout``), compares each verdict field by field with the cached record (logging
     every drift), and writes each verdict as of the tick's start: a record another writer changed
     after the tick started (a submit, a cancel, another reconcile) is never overwritten by the
-    tick's older view (:meth:`jobkit.store.Store.apply`). The cache holds the active jobs the last
-    tick saw; entries of jobs no longer active (final, or gone from the store) are dropped, and
-    jobs their host holds nothing of any more are counted (the merge decides what they are).
+    tick's older view (:meth:`jobkit.store.Store.apply`). :attr:`cache` is the service's view: the
+    record of every active job as the last tick loaded it. Each tick drops the entries of jobs
+    that exist nowhere any more (gone from the store: ``stale_removed``) and of jobs that became
+    final (``finished``), each counted; jobs their host holds nothing of any more are counted
+    (``vanished``: the merge decides what they are).
 
-    A tick due while one is still running is skipped (counted); :meth:`trigger` runs one now;
-    :meth:`stop` cancels the timer and waits for the tick in flight (never cuts it short)."""
+    A tick due while one is still running is skipped (counted); :meth:`trigger` runs one now, or,
+    when it arrives during a tick, right after that tick (triggers during one tick are coalesced
+    into that one next tick); :meth:`stop` cancels the timer and waits for the tick in flight
+    (never cuts it short)."""
 
     def __init__(self, store: AsyncStore, transport_for: TransportFor, *, interval: float = 30.0,
                  grace: float = 30.0, concurrency: int = 4, timeout: float = 5.0,
@@ -178,7 +184,7 @@ class ReconcileService:
         self._stopping = False
         self.ticks = 0
         self.skipped = 0
-        self.cache: dict[str, JobRecord] = {}  # the active jobs seen by the last tick
+        self.cache: dict[str, JobRecord] = {}  # every active job, as the last tick loaded it
         self.last: Tick | None = None
         self.running = 0  # hosts being probed right now (never more than concurrency)
         self.peak = 0
@@ -238,10 +244,13 @@ class ReconcileService:
                     out.drifts.append(d)
                     log.info("drift %s", d.line())
         still = {j.id for j in active}
-        gone = [job_id for job_id in self.cache if job_id not in still]
-        for job_id in gone:
+        exists = set().union(*ids_by_host.values()) if ids_by_host else set()
+        for job_id in [j for j in self.cache if j not in still]:
             del self.cache[job_id]
-        out.stale_removed = len(gone)
+            if job_id in exists:
+                out.finished += 1  # final now: nothing left to reconcile
+            else:
+                out.stale_removed += 1  # gone from the store: the entry is stale
         self.cache.update({j.id: j for j in active})
         out.seconds = time.monotonic() - t0
         self.ticks += 1
@@ -252,6 +261,9 @@ class ReconcileService:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # cleared before the tick, not after: a trigger() that arrives while it runs is kept
+            # and runs the next tick as soon as this one ends
+            self._wake.clear()
             started = time.monotonic()
             try:
                 await self.tick()
@@ -262,7 +274,6 @@ class ReconcileService:
                 self.skipped += int(took // self.interval)  # ticks that fell due while this one ran
             if self._stopping:
                 break
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, self.interval - took))
 
@@ -273,7 +284,8 @@ class ReconcileService:
             self._task = asyncio.create_task(self._loop(), name="jobkit-reconcile")
 
     def trigger(self) -> None:
-        """Run the next tick now (the timer starts again after it); nothing once stopped."""
+        """Run the next tick now, or right after the tick in flight (the timer starts again after
+        it); nothing once stopped."""
         if not self._stopping:
             self._wake.set()
 

@@ -3,8 +3,8 @@
 Submit records the job locally (with a token of its own), then asks the host's backend to launch
 it (:mod:`jobkit.backends`); what the launch proves decides what is recorded: launched, refused
 (the id is someone else's: nothing recorded), failed (provably nothing started: ``failed``), or
-unknown (``queued``: reconciliation will tell). A retried launch of the same submission never
-starts the job twice.
+unknown (``queued``: reconciliation will tell). Each step is idempotent for its submission (its
+token): a step retried after its first attempt reached the host never starts the job twice.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from jobkit.backends import Backend, FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState, TmuxBackend, backend_for
-from jobkit.backends.tmux import launch_command, list_sessions, tmux_new_session
+from jobkit.backends.tmux import list_sessions, tmux_new_session
 from jobkit.errors import ConfigError, JobIdInUse, JobkitError, LaunchFailed, OutcomeUnknown, TransportError
 from jobkit.ids import new_id, validate_id
 from jobkit.sagas import Compensate, Recovery, Saga, SagaState, Step, StepState, walk_back
@@ -25,8 +25,7 @@ from jobkit.sagas import recover as sagas_recover
 from jobkit.store import AsyncStore
 from jobkit.transport import Transport
 
-__all__ = ["SUBMIT_STEPS", "Submitted", "cancel", "launch_command", "list_sessions", "recover", "submit",
-           "tmux_new_session"]
+__all__ = ["SUBMIT_STEPS", "Submitted", "cancel", "list_sessions", "recover", "submit", "tmux_new_session"]
 
 log_ = logging.getLogger("jobkit.runner")
 
@@ -41,7 +40,8 @@ class Submitted:
 #: the steps of a submit, in order (each logged before it runs and after it ended)
 SUBMIT_STEPS = ("record_local", "prepare", "register", "start")
 #: a hook called at every boundary of a submit's saga (the crash tests kill the process there):
-#: "saga-begun", "before:STEP", "begun:STEP", "acted:STEP", "after:STEP", "saga-end"
+#: "saga-begun", "before:STEP", "begun:STEP", "acted:STEP", "after:STEP", "saga-end"; and, when a
+#: step fails and the saga is walked back at once, "compensating", "undone:STEP", "compensated:STEP"
 Checkpoint = Callable[[str], None]
 
 
@@ -72,9 +72,10 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
         "cwd": cwd, "name": name, "scheduler": backend.name, "resources": req.resources})
     cp("saga-begun")
 
-    async def step(idx: int, what: str, act: Callable[[], Awaitable[LaunchOutcome | None]]) -> LaunchOutcome | None:
+    async def step(idx: int, what: str, asked: Mapping[str, object],
+                   act: Callable[[], Awaitable[LaunchOutcome | None]]) -> LaunchOutcome | None:
         cp(f"before:{what}")
-        await store.call(log.step_begin, sid, idx, what, None)
+        await store.call(log.step_begin, sid, idx, what, asked)
         cp(f"begun:{what}")
         try:
             outcome = await act()
@@ -111,16 +112,22 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
             await store.call(lambda: log.step_end(sid, idx, StepState.FAILED, error=why))
         await store.call(log.move, sid, SagaState.FAILED, why)
         saga = await store.call(log.get, sid)
-        await walk_back(log, saga, _submit_compensations(store, lambda _h: transport, lambda _s: backend))
+        await walk_back(log, saga, _submit_compensations(store, lambda _h: transport, lambda _s: backend), cp)
 
     async def record() -> None:
         await store.call(store.sync.add_job, job_id, host, argv, None, token, name, cwd)
 
+    # what each step is asked to do, recorded with it (`jobkit sagas --json` shows it)
+    where = {"host": host, "job_id": job_id, "base_dir": base_dir}
+    asked_start: dict[str, object] = {**where, "argv": argv, "env": req.env, "cwd": cwd}
+    if req.resources:
+        asked_start["resources"] = req.resources
     try:
-        await step(0, "record_local", record)
-        await step(1, "prepare", lambda: backend.prepare(transport, req, timeout=timeout))
-        await step(2, "register", lambda: backend.register(transport, req, timeout=timeout))
-        started = await step(3, "start", lambda: backend.start(transport, req, timeout=timeout))
+        await step(0, "record_local", {"host": host, "job_id": job_id, "argv": argv, "name": name, "cwd": cwd},
+                   record)
+        await step(1, "prepare", {**where, "cwd": cwd}, lambda: backend.prepare(transport, req, timeout=timeout))
+        await step(2, "register", where, lambda: backend.register(transport, req, timeout=timeout))
+        started = await step(3, "start", asked_start, lambda: backend.start(transport, req, timeout=timeout))
         if started is not None and started.scheduler_id:
             await store.call(store.sync.set_scheduler_id, job_id, started.scheduler_id)
         await store.call(log.move, sid, SagaState.COMPLETED)
@@ -217,7 +224,7 @@ async def cancel(transport: Transport, job_id: str, base_dir: str | None = None,
     sid = await store.call(log.begin, "cancel", {"job_id": job_id, "host": host, "base_dir": base_dir,
                                                  "scheduler": backend.name})
     try:
-        await store.call(log.step_begin, sid, 0, "signal", None)
+        await store.call(log.step_begin, sid, 0, "signal", {"host": host, "job_id": job_id, "base_dir": base_dir})
         try:
             what = await backend.cancel(transport, job_id, base_dir, timeout=timeout)
         except TransportError as exc:

@@ -414,7 +414,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     connections and stores closed)."""
     import signal
 
-    from jobkit.reconcile import ReconcileService, Tick
+    from jobkit.reconcile import Drift, ReconcileService, Tick
 
     store = _store()
     _recover_interrupted(store)
@@ -433,6 +433,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     def on_tick(tick: Tick) -> None:
         nonlocal first
+        by_job: dict[str, list[Drift]] = {}
+        for d in tick.drifts:
+            by_job.setdefault(d.job_id, []).append(d)
         for r in tick.reports:
             if not r.reachable and r.host not in down:
                 down.add(r.host)
@@ -440,11 +443,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
             elif r.reachable and r.host in down:
                 down.discard(r.host)
                 say(f"{r.host}: reachable again")
-            for v in r.verdicts:
-                was = r.before.get(v.job_id)
-                if was is not None and was.status is not v.status and v.job_id not in r.superseded:
-                    code = "" if v.exit_code is None else f" (exit {v.exit_code})"
-                    say(f"{v.job_id}: {was.status.value} -> {v.status.value}{code} [{v.source.value}] {v.reason}")
+            for v in r.verdicts:  # one line per job that changed (its drifts: status, stale, ...)
+                was, changes = r.before.get(v.job_id), by_job.get(v.job_id)
+                if was is None or not changes:
+                    continue
+                code = "" if v.exit_code is None else f" (exit {v.exit_code})"
+                shown: tuple[str, ...]
+                if was.status is not v.status:
+                    head, shown = f"{was.status.value} -> {v.status.value}{code}", ("status", "exit_code", "source")
+                else:
+                    head, shown = v.status.value, ()
+                rest = "; ".join(f"{d.field}: {d.cached!r} -> {d.authoritative!r}" for d in changes
+                                 if d.field not in shown)
+                say(f"{v.job_id}: {head}" + (f" ({rest})" if rest else "") + f" [{v.source.value}] {v.reason}")
         for failure in tick.hosts_failed:
             say(f"reconciliation failed: {failure}")
         if first:

@@ -93,8 +93,9 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-#: A hook called at every boundary of a saga ("saga-begin", "before:STEP", "after:STEP",
-#: "step-end:STEP", "saga-end"): the crash tests kill the process there.
+#: A hook called at every boundary of a saga (the runner's: "saga-begun", "before:STEP", ...;
+#: :func:`walk_back`'s: "compensating", "undone:STEP", "compensated:STEP"): the crash tests kill
+#: the process there.
 Checkpoint = Callable[[str], None]
 
 
@@ -326,11 +327,20 @@ class Recovery:
         return len(self.completed) + len(self.compensated) + len(self.failed)
 
 
-async def walk_back(log: SagaLog, saga: Saga, compensations: Mapping[tuple[str, str], Compensate]) -> str | None:
+async def walk_back(log: SagaLog, saga: Saga, compensations: Mapping[tuple[str, str], Compensate],
+                    checkpoint: Checkpoint | None = None) -> str | None:
     """Compensate every step that succeeded or may have (still ``running``), newest first, each
     marked ``compensated`` as soon as it is undone; return None, or why a compensation failed
-    (the saga is then ``failed_compensation``: the next recovery resumes where this one stopped)."""
-    log.move(saga.id, SagaState.COMPENSATING)
+    (the saga is then ``failed_compensation``: the next recovery resumes where this one stopped).
+
+    A saga already ``compensating`` is a walk-back its process did not finish (killed, or
+    cancelled between two compensations): it resumes, and the steps already marked
+    ``compensated`` are skipped. ``checkpoint`` is called at "compensating" (the saga moved),
+    "undone:STEP" (the compensation acted, not yet logged) and "compensated:STEP" (logged)."""
+    cp = checkpoint or (lambda _point: None)
+    if saga.state is not SagaState.COMPENSATING:
+        log.move(saga.id, SagaState.COMPENSATING)
+    cp("compensating")
     try:
         for step in reversed(saga.steps):
             if step.state not in (StepState.SUCCEEDED, StepState.RUNNING):
@@ -338,7 +348,9 @@ async def walk_back(log: SagaLog, saga: Saga, compensations: Mapping[tuple[str, 
             undo = compensations.get((saga.name, step.name))
             if undo is not None:
                 await undo(saga, step)
+            cp(f"undone:{step.name}")
             log.step_end(saga.id, step.idx, StepState.COMPENSATED)
+            cp(f"compensated:{step.name}")
     except Exception as exc:
         reason = f"compensating failed: {exc}"
         log.move(saga.id, SagaState.FAILED_COMPENSATION, reason)

@@ -66,10 +66,6 @@ class Backend(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
-        """``prepare``, ``register`` and ``start`` in one round trip (no saga)."""
-        ...
-
     async def prepare(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
         """LAUNCHED (ready) or FAILED (the host cannot take the job: nothing was done)."""
         ...

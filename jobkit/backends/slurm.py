@@ -630,14 +630,10 @@ class SlurmBackend:
 
     name = "slurm"
 
-    async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
-        script = [*_head(req), *_prepare(req), *_register(), *_start(req)]
-        return _outcome(await transport.run("\n".join(script), timeout=timeout))
-
     async def launch_many(self, transport: Transport, reqs: list[LaunchRequest], *,
                           timeout: float) -> list[LaunchOutcome]:
         """Several launches in ONE round trip (each in a subshell of its own, its output framed):
-        the batched submit. Each outcome is as :meth:`launch`'s; an answer cut short leaves the
+        the batched submit. Each outcome is as a single prepare + register + start's; an answer cut short leaves the
         launches it does not cover UNKNOWN."""
         parts = []
         for i, req in enumerate(reqs):

@@ -3,8 +3,19 @@
 The session runs on a dedicated tmux socket (``<base>/tmux.sock``), is named after the full job
 id and is always targeted as ``=<id>`` (exact match: ``-t job1`` would also find ``job10``). The
 command reaches the wrapper as an exact argv: every element is shell-quoted for the remote sh,
-and tmux gets it as one shell-command string (see :func:`launch_command`). Evidence comes from
-one probe per host (``jobkit/data/probe.sh``), verdicts from :func:`jobkit.merge.merge`.
+and tmux gets it as one shell-command string (see :func:`_start`). Evidence comes from one probe
+per host (``jobkit/data/probe.sh``), verdicts from :func:`jobkit.merge.merge`.
+
+A submit runs three remote steps, one round trip each (:class:`TmuxBackend` ``prepare``,
+``register``, ``start``), every one idempotent for its submission (the token): a retried step
+never does its work twice. Their exit status says what happened (``LAUNCH_*``): 0 done (stdout
+``already registered`` / ``already launched`` when this very submission had done it before); 67
+the id is used on the host by someone else (a row with another token, or a claim or state file
+without a row: checked before anything is written); 68 nothing was done (no database, no row
+could be inserted, or the working directory is missing); 69 the job can never start: tmux failed
+and the id was fenced (claimed the way the wrapper claims it, so a session that tmux did start can
+never run the job) and the row removed, or the id was fenced already; anything else leaves the
+outcome unknown.
 """
 
 from __future__ import annotations
@@ -86,7 +97,12 @@ def _register() -> list[str]:
 
 def _start(job_id: str, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> list[str]:
     """The session, unless this submission started it before (then ``already launched``) or the
-    id is fenced (then it never will: exit 69)."""
+    id is fenced (then it never will: exit 69).
+
+    tmux gets the job as ONE shell-command string run by ``/bin/sh -c`` (set as the server's
+    default-shell): given several arguments, tmux would split them at any argument that is, or
+    ends with, ``;`` (its command separator), so a job argument ``;`` could inject tmux commands.
+    The string never ends with ``;``: every element is shell-quoted."""
     if not argv:
         raise JobkitError("empty command")
     extra = "".join(" " + shlex.join([f"{k}={v}"]) for k, v in (env or {}).items())
@@ -111,29 +127,6 @@ def _start(job_id: str, argv: list[str], env: dict[str, str] | None, cwd: str | 
         "  fi",
         "fi",
     ]
-
-
-def launch_command(job_id: str, argv: list[str], base_dir: str | None, env: dict[str, str] | None = None,
-                   token: str | None = None, cwd: str | None = None) -> str:
-    """The remote command that prepares the host, inserts the row and starts the wrapper in tmux
-    (the three steps of a submit in one round trip), idempotently.
-
-    Its exit status says what happened (``LAUNCH_*``): 0 launched (stdout ``already launched``
-    when this very submission — the same token — had launched it before: a retried submit never
-    starts a job twice); 67 the id is used on the host by someone else (a row with another token,
-    or a claim or state file without a row: checked before anything is written); 68 nothing was
-    started (no row could be inserted, or the working directory is missing); 69 the job can
-    never start: tmux failed and the id was fenced (claimed the way the wrapper claims it, so a
-    session that tmux did start can never run the job) and the row removed, or the id was fenced
-    already; anything else leaves the outcome unknown.
-
-    tmux gets the job as ONE shell-command string run by ``/bin/sh -c`` (set as the server's
-    default-shell): given several arguments, tmux would split them at any argument that is, or
-    ends with, ``;`` (its command separator), so a job argument ``;`` could inject tmux commands.
-    The string never ends with ``;``: every element is shell-quoted.
-    """
-    return "\n".join([*_head(job_id, base_dir, token, cwd), *_prepare(cwd), *_register(),
-                      *_start(job_id, argv, env, cwd)])
 
 
 def _outcome(r: CommandResult, already: str = "already launched") -> LaunchOutcome:
@@ -184,10 +177,6 @@ class TmuxBackend:
     """Jobs in detached tmux sessions, through jobkit's wrapper."""
 
     name = "tmux"
-
-    async def launch(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
-        command = launch_command(req.job_id, req.argv, req.base_dir, req.env, req.token, req.cwd)
-        return _outcome(await transport.run(command, timeout=timeout))
 
     async def prepare(self, transport: Transport, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
         script = [*_head(req.job_id, req.base_dir, req.token, req.cwd), *_prepare(req.cwd)]

@@ -1,7 +1,11 @@
 """A runner that submits one job and dies (SIGKILL, nothing cleaned up) at a chosen boundary of
 the submit's saga. Used by test_saga_crashes.py:
 
-    python -m tests.runtime.submit_child STORE_DB HOST JOB_ID POINT
+    python -m tests.runtime.submit_child STORE_DB HOST JOB_ID POINT [fail-start]
+
+With ``fail-start`` the start step fails before its command is sent (the connection cannot be
+made), so the submit walks its saga back at once: POINT may then be a boundary of that walk-back
+("compensating", "undone:STEP", "compensated:STEP").
 """
 
 from __future__ import annotations
@@ -12,13 +16,35 @@ import signal
 import sys
 from pathlib import Path
 
+from jobkit.errors import HostUnreachable
 from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
+from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
+
+
+class StartNeverSent:
+    """Every command reaches the host but the start's: its connection fails before it is sent."""
+
+    def __init__(self, real: SSHTransport) -> None:
+        self.real = real
+
+    @property
+    def host_name(self) -> str:
+        return self.real.host_name
+
+    async def run(self, command: str, **kw: object) -> CommandResult:
+        if "new-session" in command:
+            raise HostUnreachable("connection refused", host=self.host_name, sent=False)
+        return await self.real.run(command, **kw)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.real.close()
 
 
 def main() -> None:
     store_db, host, job_id, point = sys.argv[1:5]
+    fail_start = sys.argv[5:6] == ["fail-start"]
     store = AsyncStore(Store(Path(store_db)))
     spec = store.sync.host(host)
 
@@ -28,8 +54,11 @@ def main() -> None:
 
     async def go() -> None:
         t = SSHTransport(spec)
-        await submit(t, store, host, ["sh", "-c", "exit 0"], job_id=job_id, base_dir=spec.base_dir,
-                     checkpoint=checkpoint)
+        try:
+            await submit(StartNeverSent(t) if fail_start else t, store, host, ["sh", "-c", "exit 0"],  # type: ignore[arg-type]
+                         job_id=job_id, base_dir=spec.base_dir, checkpoint=checkpoint)
+        finally:
+            await t.close()
 
     asyncio.run(go())
     print("submitted")

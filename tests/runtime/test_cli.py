@@ -281,10 +281,14 @@ def test_watch_logs_each_change_survives_a_host_going_away_and_stops_cleanly_on_
         local.local.call_in_thread(local.local.stop_accepting)
         try:
             wait_for("lab: UNAVAILABLE")
+            # every change is a line on plain `watch` (no JOBKIT_LOG): a job that only went stale too
+            wait_for(f"{long}: running (stale: False -> True")
         finally:
             local.local.call_in_thread(local.local.resume_accepting)
         wait_for("lab: reachable again")
+        wait_for(f"{long}: running (stale: True -> False")
         assert sum("lab: UNAVAILABLE" in ln for ln in lines) == 1
+        assert sum(f"{job}: " in ln and "-> completed" in ln for ln in lines) == 1  # one line per change
         watch.send_signal(signal.SIGTERM)
         _out, err = watch.communicate(timeout=30)
         assert watch.returncode == 0, err
@@ -314,6 +318,36 @@ def test_watch_logs_each_change_survives_a_host_going_away_and_stops_cleanly_on_
     again = subprocess.run([*jobkit, "watch", "--once"], env=env, capture_output=True, text=True, timeout=30,
                            check=False)
     assert (again.returncode, again.stdout) == (0, ""), again  # nothing changed, nothing happened meanwhile
+
+
+def test_watch_stops_cleanly_on_sigint(local: LabHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+    import sys
+
+    add(capsys, local)
+    _rc, out, _ = run(capsys, "submit", "lab", "--", "sleep", "300")  # a host to watch
+    long = out.strip()
+    env = dict(os.environ, JOBKIT_HOME=str(tmp_path / "home"))
+    watch = subprocess.Popen([sys.executable, "-m", "jobkit.cli", "watch", "--interval", "0.3", "--verbose"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout is not None
+        deadline = time.monotonic() + 20
+        while "tick: " not in watch.stdout.readline():  # the signal handlers are in place by then
+            assert time.monotonic() < deadline
+            assert watch.poll() is None
+        watch.send_signal(signal.SIGINT)  # Ctrl-C
+        _out, err = watch.communicate(timeout=30)
+        assert watch.returncode == 0, err
+        assert "Traceback" not in err
+        assert "KeyboardInterrupt" not in err
+        assert "finishing the tick in flight" in err
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    assert run(capsys, "cancel", long)[0] == 0
 
 
 def test_a_host_from_the_users_ssh_config_runs_jobs_and_a_changed_host_key_is_refused_at_connect(

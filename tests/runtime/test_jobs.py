@@ -16,7 +16,7 @@ from jobkit.reconcile import reconcile_host
 from jobkit.runner import cancel, submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import processes_gone, wait_until
+from tests.runtime.conftest import AnswerLostAfterStart, processes_gone, wait_until
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
@@ -197,21 +197,46 @@ async def test_sessions_are_targeted_exactly(host: LabHost, store: AsyncStore, t
     await cancel(transport, long_job)
 
 
-async def test_a_retried_launch_of_the_same_submission_never_starts_the_job_twice(
-        host: LabHost, transport: SSHTransport) -> None:
+async def test_a_retried_start_whose_first_attempt_reached_the_host_never_starts_the_job_twice(
+        host: LabHost, store: AsyncStore, transport: SSHTransport, tmp_path: Path) -> None:
     from jobkit.backends import LaunchRequest, LaunchState, TmuxBackend
+    from jobkit.errors import ConfigError, JobIdInUse, OutcomeUnknown
+    from jobkit.runner import list_sessions, recover
+    from jobkit.sagas import SagaState
 
     job = jid("retry")
     count = f"$HOME/.jobkit/count-{job}"
-    req = LaunchRequest(job, ["sh", "-c", f'echo ran >>"{count}"; sleep 30'], None, "0a1b2c3d4e5f6a7b")
+    argv = ["sh", "-c", f'echo ran >>"{count}"; sleep 30']
+    # the host starts the session, then the client's bound fires before the answer arrives
+    with pytest.raises(OutcomeUnknown):
+        await submit(AnswerLostAfterStart(transport), store, host.target, argv, job_id=job)
+    (saga,) = store.sync.sagas.sagas(name="submit")
+    assert [(s.name, s.state.value) for s in saga.steps][-1] == ("start", "running")
+    # the saga's steps retried as submit runs them (the same submission: its token), one by one
+    i = saga.input
+    req = LaunchRequest(i["job_id"], i["argv"], i["base_dir"], i["token"], i["env"], i["cwd"], i["name"])
     backend = TmuxBackend()
-    assert (await backend.launch(transport, req, timeout=10)).state is LaunchState.LAUNCHED
-    again = await backend.launch(transport, req, timeout=10)  # the client timed out and retries
-    assert again.state is LaunchState.ALREADY
+    assert (await backend.prepare(transport, req, timeout=10)).state is LaunchState.LAUNCHED
+    assert (await backend.register(transport, req, timeout=10)).state is LaunchState.ALREADY
+    assert (await backend.start(transport, req, timeout=10)).state is LaunchState.ALREADY
     await wait_until(lambda: _has_state(transport, job))
-    other = LaunchRequest(job, ["true"], None, "ffffffffffffffff")  # another submission, same id
-    assert (await backend.launch(transport, other, timeout=10)).state is LaunchState.ID_USED
-    assert (await transport.run(f'cat "{count}"')).stdout == "ran\n"
+    # a submit retried with the same id: refused by this store, and by the host for any other
+    # submission (another token), never started again
+    with pytest.raises(ConfigError, match="already exists in the store"):
+        await submit(transport, store, host.target, argv, job_id=job)
+    other = AsyncStore(Store(tmp_path / "other.db"))
+    other.sync.add_host(host.spec)
+    with pytest.raises(JobIdInUse):
+        await submit(transport, other, host.target, argv, job_id=job)
+    other.sync.close()
+    # the next start of a runner finds the job started: a complete job, not a second one
+    assert (await recover(store, lambda _h: transport, grace=0)).completed == [saga.id]
+    assert store.sync.sagas.get(saga.id).state is SagaState.COMPLETED
+    assert store.sync.job(job).status is JobStatus.QUEUED  # never marked failed by the retries
+    assert (await list_sessions(transport)).count(job) == 1
+    assert (await transport.run(f'cat "{count}"')).stdout == "ran\n"  # the job ran once
+    claims = await transport.run(f"grep -c 'claimed' {B}/jobs/{job}.wrapper.log")
+    assert claims.stdout.strip() == "1"  # one wrapper run
     await cancel(transport, job)
 
 

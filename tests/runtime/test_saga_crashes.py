@@ -1,6 +1,7 @@
-"""A runner killed (SIGKILL) at every boundary of a submit's saga in turn: the next start leaves
-either a complete job or nothing — no server row without a local row, no tmux session without a
-row, no orphan state file — and a third start changes nothing."""
+"""A runner killed (SIGKILL) at every boundary of a submit's saga in turn, and at every boundary of
+the walk-back of a submit whose start failed: the next start leaves either a complete job or
+nothing — no server row without a local row, no tmux session without a row, no orphan state file
+— and a third start changes nothing (saga log, local store, host row, session, state file)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 POINTS = ["saga-begun", *[f"{w}:{s}" for s in SUBMIT_STEPS for w in ("before", "begun", "acted", "after")],
           "saga-end", None]
 STARTED_POINTS = {"acted:start", "after:start", "saga-end", None}  # the session was started
+#: the walk-back of a submit whose start step failed (never sent): start itself is failed, the
+#: steps before it are undone newest first
+WALK_BACK_POINTS = ["compensating", *[f"{w}:{s}" for s in ("register", "prepare", "record_local")
+                                      for w in ("undone", "compensated")], None]
 
 
 async def host_side(t: SSHTransport, job: str) -> dict[str, object]:
@@ -77,12 +82,54 @@ async def test_a_runner_killed_mid_submit_leaves_a_complete_job_or_nothing(
         assert local is None or (local.status.value, local.exit_code) == ("failed", None), local
         if local is not None:
             assert "never started" in (local.reason or ""), local.reason
-    # a third start changes nothing
-    before = [(s.id, s.state, [st.state for st in s.steps]) for s in store.sync.sagas.sagas()]
+    await _third_start_changes_nothing(store, transport, job)
+    store.sync.close()
+
+
+@pytest.mark.parametrize("point", WALK_BACK_POINTS, ids=[p or "no-crash" for p in WALK_BACK_POINTS])
+async def test_a_runner_killed_while_walking_a_submit_back_leaves_nothing(
+        host: LabHost, tmp_path: Path, transport: SSHTransport, point: str | None) -> None:
+    db = tmp_path / "store.db"
+    store = AsyncStore(Store(db))
+    store.sync.add_host(host.spec)
+    job = f"undo-{uuid.uuid4().hex[:8]}"
+    child = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "tests.runtime.submit_child", str(db), host.target, job, point or "-",
+                         "fail-start"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    if point is None:
+        assert child.returncode == 1, child.stderr
+        assert "LaunchFailed" in child.stderr, child.stderr
+    else:
+        assert child.returncode == -9, (child.returncode, child.stderr)  # really killed there
+        left = store.sync.sagas.sagas(name="submit")[0]
+        assert left.state is SagaState.COMPENSATING, left  # the walk-back had begun
+    # the next start of a runner finishes the walk-back
+    second = await recover(store, lambda _h: transport, grace=0)
+    assert second.failed == [], second
+    (saga,) = store.sync.sagas.sagas(name="submit")
+    assert saga.state is SagaState.COMPENSATED, saga
+    assert [s.state.value for s in saga.steps] == ["compensated"] * 3 + ["failed"]
+    # nothing: no server row, no session, no state file, no claim; locally a failed record
+    side = await host_side(transport, job)
+    assert side == {"row": "", "session": False, "state": False, "claim": ""}, side
+    local = store.sync.job(job)
+    assert (local.status.value, local.exit_code) == ("failed", None), local
+    assert "never started" in (local.reason or ""), local.reason
+    await _third_start_changes_nothing(store, transport, job)
+    store.sync.close()
+
+
+async def _third_start_changes_nothing(store: AsyncStore, transport: SSHTransport, job: str) -> None:
+    async def everything() -> object:
+        sagas = [(s.id, s.state, s.failure, [(st.state, st.error) for st in s.steps])
+                 for s in store.sync.sagas.sagas()]
+        jobs = [j for j in store.sync.jobs() if j.id == job]
+        return sagas, jobs, store.sync.history_entries(job), await host_side(transport, job)
+
+    before = await everything()
     third = await recover(store, lambda _h: transport, grace=0)
     assert third.changed == 0
-    assert [(s.id, s.state, [st.state for st in s.steps]) for s in store.sync.sagas.sagas()] == before
-    store.sync.close()
+    assert await everything() == before
 
 
 async def _state_final(t: SSHTransport, job: str) -> bool:

@@ -77,7 +77,9 @@ async def test_a_tick_queries_once_bounds_its_hosts_and_logs_every_drift(
     assert any(f"drift {jobs['h0']}: status: 'queued' -> 'completed'" in r.getMessage() for r in caplog.records)
     again = await service.tick()
     assert again is not None
-    assert (again.reconciled, again.drifts, again.stale_removed) == (0, [], 5)  # final now: out of the cache
+    # final now: out of the cache, counted as finished (none of them is gone from the store)
+    assert (again.reconciled, again.drifts, again.finished, again.stale_removed) == (0, [], 5, 0)
+    assert service.cache == {}
     await t.close()
     store.sync.close()
 
@@ -102,6 +104,40 @@ async def test_a_fresher_update_written_during_a_tick_is_kept(svc_host: LabHost,
     await t.run(f'tmux -S "$HOME/{base[2:]}/tmux.sock" kill-server; true')
     await t.close()
     store.sync.close()
+
+
+async def test_an_update_written_after_the_tick_started_but_before_it_read_the_job_is_kept(
+        svc_host: LabHost, tmp_path: Path) -> None:
+    # the write lands between the tick's start (T, the timestamp its verdicts are written as of)
+    # and its one store query: the tick reads the fresher row's version, so the version check
+    # passes; only the guard "no write over a row changed after T" keeps the fresher update
+    store = AsyncStore(Store(tmp_path / "s.db"))
+    t = SSHTransport(svc_host.spec)
+    (name,) = await _hosts(svc_host, store, t, 1)
+    base = store.sync.host(name).base_dir
+    job = (await submit(t, store, name, ["sleep", "30"], base_dir=base)).job_id
+    read: list[int] = []
+    real_jobs = store.sync.jobs
+
+    def jobs_after_a_fresher_write(*a: object) -> list[object]:
+        rec = store.sync.job(job)
+        fresher = Verdict(job, JobStatus.RUNNING, Source.STATE_FILE, "written after the tick started", alive=True)
+        assert store.sync.apply([Update(fresher, rec.version)]).changed == 1  # e.g. a CLI reconcile
+        out = real_jobs(*a)  # type: ignore[arg-type]
+        read.extend(j.version for j in out if j.id == job)
+        return out  # type: ignore[return-value]
+
+    store.sync.jobs = jobs_after_a_fresher_write  # type: ignore[method-assign,assignment]
+    try:
+        tick = await ReconcileService(store, lambda _n: t).tick()
+        assert tick is not None
+        assert read == [store.sync.job(job).version]  # the tick saw the fresher row: same version
+        assert tick.superseded == 1
+        assert store.sync.job(job).reason == "written after the tick started"
+    finally:
+        await t.run(f'tmux -S "$HOME/{base[2:]}/tmux.sock" kill-server; true')  # type: ignore[index]
+        await t.close()
+        store.sync.close()
 
 
 async def test_skipped_ticks_are_counted_and_stop_waits_for_the_tick_in_flight(

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from jobkit.errors import JobIdInUse, JobkitError, OutcomeUnknown, RemoteTimeout
+from jobkit.errors import JobIdInUse, JobkitError, OutcomeUnknown
 from jobkit.lab import LabHost
 from jobkit.merge import NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import JobStatus
 from jobkit.reconcile import reconcile_host
 from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
-from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import LateAnswers, processes_gone, wait_until
+from tests.runtime.conftest import AnswerLostAfterStart, LateAnswers, processes_gone, wait_until
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
@@ -65,26 +64,6 @@ async def test_two_stores_on_one_file_and_a_late_reconciler_never_move_history_b
     assert cli.sync.job(job).status is JobStatus.COMPLETED
     service.sync.close()
     cli.sync.close()
-
-
-class AnswerLostAfterStart:
-    """The host acts on the launch, then its answer is lost (the client's bound fires first)."""
-
-    def __init__(self, real: SSHTransport) -> None:
-        self.real = real
-
-    @property
-    def host_name(self) -> str:
-        return self.real.host_name
-
-    async def run(self, command: str, **kw: object) -> CommandResult:
-        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
-        if "new-session" in command:
-            raise RemoteTimeout("no answer within 1s", host=self.host_name, sent=True)
-        return r
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_a_submit_whose_answer_is_lost_stays_queued_and_reconciliation_finds_the_job(

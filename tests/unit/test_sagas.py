@@ -172,6 +172,32 @@ def test_a_failed_compensation_is_recorded_and_resumed_where_it_stopped(tmp_path
     log.close()
 
 
+def test_a_saga_left_compensating_resumes_its_walk_back_and_never_compensates_twice(tmp_path: Path) -> None:
+    # the process died in the middle of a walk-back (SIGKILL, or Ctrl-C between two compensations):
+    # the saga is `compensating`, its newest step already compensated, the older ones not
+    log = SagaLog(tmp_path / "sagas.db")
+    undone: list[str] = []
+
+    def undo(name: str):  # type: ignore[no-untyped-def]
+        async def run(saga: Saga, step: Step) -> None:
+            undone.append(name)
+        return run
+
+    comp = {("op", n): undo(n) for n in ("a", "b", "c")}
+    sid = _crashed(log, [("a", StepState.SUCCEEDED), ("b", StepState.SUCCEEDED), ("c", StepState.SUCCEEDED)])
+    log.move(sid, SagaState.FAILED, "c: broke")
+    log.move(sid, SagaState.COMPENSATING)
+    log.step_end(sid, 2, StepState.COMPENSATED)
+    out = asyncio.run(recover(log, comp))
+    assert (out.compensated, out.failed, undone) == ([sid], [], ["b", "a"])  # c is not undone again
+    saga = log.get(sid)
+    assert (saga.state, saga.failure) == (SagaState.COMPENSATED, "c: broke")
+    assert [s.state for s in saga.steps] == [StepState.COMPENSATED] * 3
+    again = asyncio.run(recover(log, comp))
+    assert (again.changed, undone) == (0, ["b", "a"])
+    log.close()
+
+
 def test_an_operation_that_did_complete_is_marked_so_not_walked_back(tmp_path: Path) -> None:
     log = SagaLog(tmp_path / "sagas.db")
     done_sid = _crashed(log, [("a", StepState.SUCCEEDED), ("b", StepState.RUNNING)])
@@ -254,3 +280,48 @@ class SagaModel(RuleBasedStateMachine):
 
 TestSagaModel = SagaModel.TestCase
 TestSagaModel.settings = settings(max_examples=40, stateful_step_count=15, deadline=None)
+
+
+def test_each_step_of_a_submit_and_a_cancel_records_what_it_was_asked_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from jobkit import cli
+    from jobkit.backends import LaunchOutcome, LaunchRequest, LaunchState
+    from jobkit.hosts import HostSpec
+    from jobkit.runner import cancel, submit
+    from jobkit.store import AsyncStore, Store
+
+    class Backend:  # a host that does what it is asked (no SSH: the saga's records are under test)
+        name = "tmux"
+
+        async def _ok(self, transport: object, req: LaunchRequest, *, timeout: float) -> LaunchOutcome:
+            return LaunchOutcome(LaunchState.LAUNCHED)
+
+        prepare = register = start = _ok
+
+        async def cancel(self, transport: object, job_id: str, base_dir: str | None, *, timeout: float) -> str:
+            return "signalled-wrapper"
+
+    monkeypatch.setenv("JOBKIT_HOME", str(tmp_path))
+    store = AsyncStore(Store(tmp_path / "store.db"))
+    store.sync.add_host(HostSpec("h", "127.0.0.1", 22, "u", None, None, "~/.jk"))
+    argv = ["sh", "-c", "echo 'a b'"]
+
+    async def go() -> None:
+        await submit(None, store, "h", argv, job_id="j1", base_dir="~/.jk", cwd="~/work", env={"K": "v"},  # type: ignore[arg-type]
+                     name="n", backend=Backend())  # type: ignore[arg-type]
+        await cancel(None, "j1", "~/.jk", backend=Backend(), store=store)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    store.sync.close()
+    assert cli.main(["sagas", "--json"]) == 0
+    shown = {s["name"]: s for s in json.loads(capsys.readouterr().out)}
+    where = {"host": "h", "job_id": "j1", "base_dir": "~/.jk"}
+    assert [(st["name"], st["input"]) for st in shown["submit"]["steps"]] == [
+        ("record_local", {"host": "h", "job_id": "j1", "argv": argv, "name": "n", "cwd": "~/work"}),
+        ("prepare", {**where, "cwd": "~/work"}),
+        ("register", where),
+        ("start", {**where, "argv": argv, "env": {"K": "v"}, "cwd": "~/work"}),
+    ]
+    assert [(st["name"], st["input"]) for st in shown["cancel"]["steps"]] == [("signal", where)]
