@@ -16,6 +16,10 @@ average is printed before and after, and beside every row.
 - ``--against REF``: the same rows for the probe and the wrapper of git revision ``REF`` too,
   interleaved with the current ones in the same run ("was ..." in the table): before/after
   ratios that hold on a loaded machine.
+- the conformance suite's default run (``jobkit conformance`` on ``local`` and every offline lab
+  target, as ``scripts/run-main.sh`` runs it; target: <= 60 s on 2 cores), its wall time and the
+  count of each outcome, so that a change of verdict shows beside the time (``--no-conformance``
+  leaves it out; ``--quick`` too unless ``--conformance``).
 - ``--service``: one steady tick of the reconciliation service (``bench/service_tick.py``) on
   2 hosts x 500 running jobs (no target). ``--lab-times``: the target's start-to-SSH-ready.
 """
@@ -188,6 +192,30 @@ def wrapper_row(quick: bool, ref_wrapper: str | None = None) -> Row:
             f"{over / 15:.2f}x of target", load())
 
 
+def conformance_row() -> Row:
+    """The main job, timed: ``jobkit conformance`` with its defaults, in a process of its own;
+    the outcomes counted from its JSON report."""
+    import json
+    from collections import Counter
+    with tempfile.TemporaryDirectory(prefix="jobkit-bench-cf-") as reports:
+        start = time.monotonic()
+        jobkit = Path(sys.executable).with_name("jobkit")  # this environment's own command
+        r = subprocess.run([str(jobkit), "conformance", "--report-dir", reports],
+                           capture_output=True, text=True, check=False)
+        wall = time.monotonic() - start
+        try:
+            results = json.loads(Path(reports, "conformance.json").read_text())["results"]
+        except (OSError, ValueError, KeyError) as exc:
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return ("conformance default run", f"failed (exit {r.returncode}): {tail} ({exc})", "<= 60 s", "-",
+                    load())
+    outcomes = Counter(str(x["outcome"]) for x in results)
+    targets = len({x["target"] for x in results})
+    said = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+    return (f"conformance default run, {targets} targets (exit {r.returncode})", f"{wall:.0f} s ({said})",
+            "<= 60 s", f"{wall / 60:.2f}x of target", load())
+
+
 def service_row(target: str) -> Row:
     # the service benchmark runs as its own process: its own lab, its own loop
     r = subprocess.run([sys.executable, str(HERE / "service_tick.py"), "--hosts", "2", "--jobs", "500",
@@ -217,6 +245,8 @@ def main() -> None:
                     "(default: debian-bullseye)")
     ap.add_argument("--against", metavar="REF", help="also the probe and wrapper of git revision REF, "
                     "interleaved (e.g. main)")
+    ap.add_argument("--conformance", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the conformance suite's default run (default: in the full run, not with --quick)")
     ap.add_argument("--service", action="store_true", help="also one service tick over 2 lab hosts")
     ap.add_argument("--lab-times", action="store_true", help="also the lab's start-to-ready time")
     args = ap.parse_args()
@@ -228,6 +258,8 @@ def main() -> None:
     for target in targets:
         rows += asyncio.run(reconcile_rows(target, args.quick, ref_probe))
     rows.append(wrapper_row(args.quick, ref_wrapper))
+    if args.conformance or (args.conformance is None and not args.quick):
+        rows.append(conformance_row())
     if args.service:
         rows.append(service_row(targets[0]))
     if args.lab_times:
