@@ -11,7 +11,7 @@ fast=0
 bash scripts/setup.sh
 export PATH=$ROOT/.venv/bin:$PATH
 mkdir -p reports
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "shellcheck"
 shellcheck -s sh wrapper/job_wrapper.sh
@@ -28,11 +28,26 @@ if [ "$fast" = 1 ]; then
   exit 0
 fi
 
+# The lab images build (mostly downloads and unpacking) while the bats scenarios run (mostly the
+# wrapper's processes): the two overlap instead of adding up. The build's output is shown when it
+# is over; a failed build fails the run.
+step "lab images: offline build (cached when unchanged) started in the background, log in reports/lab-build.log"
+setsid -w jobkit lab build >reports/lab-build.log 2>&1 & # a group of its own: stopped whole on exit
+build_pid=$!
+trap 'kill -- "-$build_pid" 2>/dev/null || true' EXIT
+
 step "wrapper: bats scenarios on every shell"
 jobkit shells --require-all --json reports/shells.json
 
-step "lab images (offline build; cached when unchanged)"
-jobkit lab build
+step "lab images: waiting for the build"
+build_rc=0
+wait "$build_pid" || build_rc=$?
+trap - EXIT
+grep -v ': Step \|^ ---> \|^Removing intermediate\|^Successfully' reports/lab-build.log | tail -n 40
+if [ "$build_rc" != 0 ]; then
+  echo "run-tests: jobkit lab build failed (exit $build_rc); its whole log: reports/lab-build.log" >&2
+  exit "$build_rc"
+fi
 
 step "pytest: all tiers, under coverage"
 rm -f .coverage .coverage.*
@@ -40,3 +55,4 @@ JOBKIT_HYPOTHESIS_PROFILE=${JOBKIT_HYPOTHESIS_PROFILE:-ci} coverage run -m pytes
 coverage combine -q
 coverage report
 coverage xml -q -o reports/coverage.xml
+step "done"
