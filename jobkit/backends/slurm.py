@@ -12,9 +12,10 @@
   storage is disabled) and the wrapper's state files, claims and submit records.
 - **Verdicts** (:func:`merge_slurm`, pure): every SLURM state is mapped through
   :data:`STATE_MAP`; the scheduler's answer wins over the local cache, but a job not in the
-  queue is never by itself ``completed``, an unanswered ``squeue`` or ``sacct`` is no
-  information, a requeued job goes back to ``pending``, and a final SLURM state that the
-  wrapper's record contradicts is a reported conflict decided by the stronger evidence.
+  queue is never by itself ``completed``, an unanswered ``squeue`` or ``sacct`` (or a line
+  of its answer that may be the job's and cannot be read) is no information, a requeued job
+  goes back to ``pending``, and a final SLURM state that the wrapper's record contradicts is a
+  reported conflict decided by the stronger evidence.
 """
 
 from __future__ import annotations
@@ -210,6 +211,37 @@ def _pick(rows: list[QueueRow] | list[AcctRow], name: str, sid: str | None) -> Q
     return max(mine, key=lambda r: _sort_key(r.job_id)) if mine else None
 
 
+def _subject(line: str) -> tuple[str | None, str | None]:
+    """The SLURM id and the job name an unparsable ``id|...|name`` line names, where each can
+    be read (None where not)."""
+    parts = line.split("|", 3)
+    lid = parts[0].strip()
+    return (lid if _JOBID.fullmatch(lid) else None), (parts[3] if len(parts) == 4 else None)
+
+
+def _may_be(lines: list[str], name: str, sid: str | None, listed: bool) -> list[str]:
+    """The unparsable lines that may be this job's (its own first): a line whose id (when the
+    job's is known) or else name can be read is the job's when it is the job's; a line naming
+    no job may be any job's that the answer does not otherwise list."""
+    own, anyone = [], []
+    for line in lines:
+        lid, lname = _subject(line)
+        if sid is not None and lid is not None:
+            if lid == sid:
+                own.append(line)
+        elif lname is not None:
+            if lname == name:
+                own.append(line)
+        elif not listed:
+            anyone.append(line)
+    return own + anyone
+
+
+def _unparsable_detail(lines: list[str]) -> str:
+    more = f" (+{len(lines) - 3} more)" if len(lines) > 3 else ""
+    return "unparsable line(s) that may be this job's: " + " / ".join(repr(x) for x in lines[:3]) + more
+
+
 # --- the probe ------------------------------------------------------------------------------
 PROBE = r"""
 b=$1; user=$(id -un)
@@ -308,20 +340,30 @@ def parse_probe(output: str, queries: list[JobQuery]) -> ProbeResult:
         qdetail = ""
         if queue_ok:
             row = _pick(qrows, q.job_id, sid)
-            if isinstance(row, QueueRow):
+            # a line that may be this job's and cannot be read: no information, never "absent"
+            doubt = _may_be(queue.unparsable, q.job_id, sid, isinstance(row, QueueRow))
+            if doubt:
+                qdetail = _unparsable_detail(doubt)
+            elif isinstance(row, QueueRow):
                 qs = ("listed", row.state, row.reason, row.job_id)
             else:
                 qs = ("absent", None, None, None)
         else:
             qdetail = (squeue_text.strip().splitlines() or ["no answer"])[-1]
+        adetail = acct_detail
         arow = _pick(arows, q.job_id, sid or qs[3]) if acct_ok else None
-        if isinstance(arow, AcctRow):
+        adoubt = _may_be(acct.unparsable, q.job_id, sid or qs[3], isinstance(arow, AcctRow)) if acct_ok else []
+        acc: tuple[str, str | None, int | None, int | None]
+        if adoubt:
+            arow, adetail = None, _unparsable_detail(adoubt)
+            acc = ("error", None, None, None)
+        elif isinstance(arow, AcctRow):
             ex = arow.exit or (None, None)
-            acc: tuple[str, str | None, int | None, int | None] = ("ok", arow.state, ex[0], ex[1])
+            acc = ("ok", arow.state, ex[0], ex[1])
         else:
             acc = ("absent" if acct_ok else acct_state, None, None, None)
         detail = "; ".join(d for d in (f"squeue: {qdetail}" if qdetail else "",
-                                       f"sacct: {acct_detail}" if acct_detail else "") if d)
+                                       f"sacct: {adetail}" if adetail else "") if d)
         sched = SchedulerEvidence(qs[0], qs[1], qs[2], acc[0], acc[1], acc[2], acc[3],
                                   sid or qs[3] or (arow.job_id if isinstance(arow, AcctRow) else None), detail,
                                   tuple(queue.unparsable + acct.unparsable))
@@ -404,7 +446,7 @@ def merge_slurm(ev: Evidence, known: Known, *, grace: float = 30.0) -> Verdict:
         return Verdict(jid, JobStatus.FAILED, Source.NONE,
                        f"{NEVER_STARTED_REASON} (its id is fenced on the cluster, so it can never start)", said=said)
     no_info = s.queue == "error"
-    nothing_why = (f"no answer from the scheduler ({s.detail})" if no_info else
+    nothing_why = (f"no information from the scheduler ({s.detail})" if no_info else
                    "not in the queue and no accounting record "
                    f"(accounting {s.accounting}{': ' + s.detail if s.detail else ''})")
     if wrapper_final and sf is not None and sf.status is not None:

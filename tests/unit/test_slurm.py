@@ -35,7 +35,7 @@ from jobkit.models import (
     SchedulerEvidence,
     Source,
 )
-from jobkit.probe import JobQuery
+from jobkit.probe import JobQuery, ProbeResult
 
 pytestmark = pytest.mark.unit
 
@@ -157,6 +157,127 @@ def test_probe_tells_the_controller_down_from_an_empty_queue() -> None:
     assert empty.scheduler.queue == "absent"
     cut = parse_probe("==now 1\n==squeue\n", [JobQuery("j")])
     assert not cut.host.reachable
+
+
+def _sched(res: ProbeResult, job: str) -> SchedulerEvidence:
+    s = res.evidence[job].scheduler
+    assert s is not None
+    return s
+
+
+def test_an_unparsable_line_that_may_be_a_jobs_is_no_information_for_it() -> None:
+    files = "j1.submit:t 7\nj2.submit:t 8\nj3.submit:t 9\n"
+    queries = [JobQuery("j1"), JobQuery("j2"), JobQuery("j3")]
+    # its id readable: no information for that job (with the line), the others as the queue says
+    res = parse_probe(_probe("7|RUNNING|None|j1\n8|RUNN!NG|None|j2", "", files), queries)
+    assert (_sched(res, "j1").queue, _sched(res, "j1").queue_state) == ("listed", "RUNNING")
+    assert _sched(res, "j2").queue == "error"
+    assert "8|RUNN!NG|None|j2" in _sched(res, "j2").detail
+    assert _sched(res, "j3").queue == "absent"  # the line is job 8's, not 9's
+    # a line naming no job: no information for every job the queue does not list
+    res = parse_probe(_probe("7|RUNNING|None|j1\nsqueue: error: something odd", "", files), queries)
+    assert _sched(res, "j1").queue == "listed"
+    for j in ("j2", "j3"):
+        assert _sched(res, j).queue == "error"
+        assert "something odd" in _sched(res, j).detail
+    # and so its verdict is the last known status, stale: never lost, never a status from elsewhere
+    v = merge_slurm(res.evidence["j3"], RUNNING, grace=30)
+    assert (v.status, v.stale) == (JobStatus.RUNNING, True), v
+    # by name (no scheduler id recorded): a line of that name
+    res = parse_probe(_probe("5|PEND ING|None|j4\n", ""), [JobQuery("j4"), JobQuery("j5")])
+    assert _sched(res, "j4").queue == "error"
+    assert _sched(res, "j5").queue == "absent"
+    # sacct likewise: the job's own unreadable accounting line is no information, not "no record"
+    res = parse_probe(_probe("", "8|COMPLETED|x:0|j2\n9|FAILED|3:0|j3"), queries)
+    assert _sched(res, "j2").accounting == "error"
+    assert "8|COMPLETED|x:0|j2" in _sched(res, "j2").detail
+    assert (_sched(res, "j3").accounting, _sched(res, "j3").acct_state) == ("ok", "FAILED")
+    assert _sched(res, "j1").accounting == "absent"
+    res = parse_probe(_probe("", "garbage\n9|FAILED|3:0|j3"), queries)
+    assert _sched(res, "j1").accounting == "error"
+    assert _sched(res, "j3").accounting == "ok"
+
+
+def _garble(kind: int, sid: str, state: str, tail: str, name: str) -> str:
+    """A line of this job that cannot be read: its state, its tail cut off, or its id broken."""
+    return [f"{sid}|{state.lower()}!|{tail}|{name}", f"{sid}|{state[:3]}", f"{sid}x|{state}|{tail}|{name}"][kind]
+
+
+def _untold(plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], i: int) -> bool:
+    """Whether an unreadable line may be job i's (which is not in the answer)."""
+    return bool(garbage) or (not plan[i][3] and any(w == 1 and h == 1 for _, w, h, _ in plan))
+
+
+free_garbage = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="|="),
+                       min_size=1, max_size=30).filter(lambda s: any(c.isalpha() for c in s))  # names no job
+#: per job: (its SLURM state, where it is: 0 listed, 1 its line garbled, 2 not there; how garbled;
+#: whether its scheduler id is recorded)
+job_plan = st.tuples(st.sampled_from(STATES), st.integers(0, 2), st.integers(0, 2), st.booleans())
+
+
+@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
+def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
+        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    lines, queries, files = [], [], []
+    for i, (state, where, how, with_sid) in enumerate(plan):
+        jid, sid = f"g{i}", str(100 + i)
+        files.append(f"{jid}.submit:t {sid}" if with_sid else "")
+        queries.append(JobQuery(jid))
+        if where == 0:
+            lines.append(f"{sid}|{state.value}|None|{jid}")
+        elif where == 1:
+            lines.append(_garble(how, sid, state.value, "None", jid))
+    lines += garbage
+    rnd.shuffle(lines)
+    res = parse_probe(_probe("\n".join(lines), "", "\n".join(f for f in files if f)), queries)
+    for i, (state, where, how, _) in enumerate(plan):
+        s = res.evidence[f"g{i}"].scheduler
+        assert s is not None
+        if where == 0:
+            assert (s.queue, s.queue_state) == ("listed", state.value), s
+        elif where == 1:
+            assert s.queue == "error", s  # its own line unreadable: no information, the line reported
+            assert _garble(how, str(100 + i), state.value, "None", f"g{i}") in s.unparsable
+            assert s.detail.startswith("squeue: unparsable"), s
+            assert merge_slurm(res.evidence[f"g{i}"], RUNNING, grace=0).status is JobStatus.RUNNING
+        else:
+            # absent only when every unreadable line can be told to be another job's (a line cut
+            # short names only an id: another job's for a job whose id is recorded, anyone's else)
+            assert s.queue == ("error" if _untold(plan, garbage, i) else "absent"), s
+
+
+@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
+def test_sacct_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
+        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    lines, queries, files = [], [], []
+    for i, (state, where, how, with_sid) in enumerate(plan):
+        jid, sid = f"g{i}", str(100 + i)
+        files.append(f"{jid}.submit:t {sid}" if with_sid else "")
+        queries.append(JobQuery(jid))
+        if where == 0:
+            lines.append(f"{sid}|{state.value}|3:0|{jid}")
+        elif where == 1:
+            lines.append(_garble(how, sid, state.value, "3:0", jid))
+    lines += garbage
+    rnd.shuffle(lines)
+    res = parse_probe(_probe("", "\n".join(lines), "\n".join(f for f in files if f)), queries)
+    for i, (state, where, how, _) in enumerate(plan):
+        s = res.evidence[f"g{i}"].scheduler
+        assert s is not None
+        if where == 0:
+            assert (s.accounting, s.acct_state, s.acct_exit) == ("ok", state.value, 3), s
+        elif where == 1:
+            assert s.accounting == "error", s
+            assert _garble(how, str(100 + i), state.value, "3:0", f"g{i}") in s.unparsable
+            assert "sacct: unparsable" in s.detail, s
+        else:
+            assert s.accounting == ("error" if _untold(plan, garbage, i) else "absent"), s
 
 
 # --- verdicts -------------------------------------------------------------------------------
