@@ -21,6 +21,7 @@ from jobkit.backends.slurm import (
     parse_probe,
     parse_sacct,
     parse_squeue,
+    read_cancel,
     resource_args,
     slurm_state,
 )
@@ -409,6 +410,62 @@ def test_batch_script_runs_the_wrapper_without_a_database() -> None:
     assert "JOBKIT_DB=none JOBKIT_OUTPUT=files 'X=1 2'" in s
     assert "SLURM_RESTART_COUNT" in s  # a requeued run moves the previous run's files aside
     assert s.rstrip().endswith("j1 sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'")
+
+
+# --- cancel ---------------------------------------------------------------------------------
+UP = "==ping 0\nSlurmctld(primary) at ctl is UP\n"
+
+
+@pytest.mark.parametrize(("stdout", "kind"), [
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n", "sent"),
+    # scancel exits 0 for these two: only its -v output tells them from a cancel
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Invalid job id specified\n", "gone"),
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Job/step already completing or completed\n", "ended"),
+    ("==ping 1\nSlurmctld(primary) at ctl is DOWN\n", "down"),
+    (UP + "==scancel 8 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Unable to contact slurm controller (connect failure)\n", "down"),
+    (UP + "==scancel 8 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Socket timed out on send/recv operation\n", "unknown"),
+    (UP + "==scancel 1 12\nscancel: error: Kill job error on job id 12: Access/permission denied\n", "error"),
+    (UP + "==scancel 0 12\nsomething else entirely\n", "sent"),
+    (UP + "==squeue 1\nslurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", "down"),
+    (UP + "==not-found\n", "not_found"),
+    (UP + "==scancel-name 0 j1\nscancel: Terminating job 12\n", "sent"),
+    ("", "error"),  # no answer to read: never a cancel
+])
+def test_cancel_answers_are_told_apart(stdout: str, kind: str) -> None:
+    got = read_cancel(stdout)
+    assert got.kind == kind, got
+    if kind in ("gone", "ended", "down", "unknown", "error"):
+        assert got.detail, got
+
+
+def test_cancel_of_a_purged_job_or_with_the_controller_down() -> None:
+    import asyncio
+
+    from jobkit.backends.slurm import SlurmBackend
+    from jobkit.errors import SchedulerUnreachable
+    from jobkit.transport import CommandResult
+
+    class Canned:
+        host_name = "cl"
+
+        def __init__(self, out: str) -> None:
+            self.out = out
+
+        async def run(self, command: str, **kw: object) -> CommandResult:
+            return CommandResult(command, 0, self.out, "", 0.0)
+
+    gone = UP + ("==scancel 0 12\nscancel: Terminating job 12\n"
+                 "scancel: error: Kill job error on job id 12: Invalid job id specified\n")
+    what = asyncio.run(SlurmBackend().cancel(Canned(gone), "j1", None, timeout=5))  # type: ignore[arg-type]
+    assert "no longer in the controller" in what
+    assert "nothing to cancel" in what
+    down = "==ping 1\nSlurmctld(primary) at ctl is DOWN\n"
+    with pytest.raises(SchedulerUnreachable, match=r"controller does not answer.*nothing was cancelled"):
+        asyncio.run(SlurmBackend().cancel(Canned(down), "j1", None, timeout=5))  # type: ignore[arg-type]
 
 
 def test_probe_reads_the_completion_log_answer() -> None:
