@@ -505,3 +505,66 @@ def test_the_scheduler_statuses_in_the_store(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="final status never changes"):
         db.execute("UPDATE jobs SET status = 'running', version = version + 1 WHERE id = 'j'")
     db.close()
+
+
+# --- the library picks the host's backend -----------------------------------------------------
+class Recording:
+    """A transport that answers every command like a SLURM login node that took it."""
+
+    host_name = "cl"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    async def run(self, command: str, *, stdin: str | None = None, timeout: float = 5.0,
+                  check: bool = False) -> object:
+        from jobkit.transport import CommandResult
+
+        self.commands.append(command + (stdin or ""))
+        if "scontrol ping" in command:
+            out = UP + "==scancel 0 42\nscancel: Terminating job 42\n"
+        elif "==squeue" in command:  # the probe
+            out = _probe("42|RUNNING|None|lj1", "", "lj1.submit:t 42\n")
+        else:
+            out = "submitted 42"
+        return CommandResult(command, 0, out, "", 0.0)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("partition", ["debug", None])
+def test_the_library_uses_the_hosts_scheduler_and_partition(tmp_path: Path, partition: str | None) -> None:
+    import asyncio
+
+    from jobkit.hosts import HostSpec
+    from jobkit.reconcile import reconcile_host
+    from jobkit.runner import cancel, submit
+    from jobkit.store import AsyncStore, Store
+
+    store = AsyncStore(Store(tmp_path / "store.db"))
+    try:
+        store.sync.add_host(HostSpec("cl", "127.0.0.1", 22, "u", tmp_path / "k", None, scheduler="slurm",
+                                     partition=partition))
+        t = Recording()
+
+        async def go() -> tuple[str, list[str]]:
+            await submit(t, store, "cl", ["true"], job_id="lj1")  # type: ignore[arg-type]
+            sent = list(t.commands)
+            await cancel(t, "lj1", store=store)  # type: ignore[arg-type]
+            report = await reconcile_host(t, store, "cl")  # type: ignore[arg-type]
+            return report.verdicts[0].status.value, sent
+
+        status, sent = asyncio.run(go())
+        start = next(c for c in sent if "sbatch" in c and "--parsable" in c)
+        assert ("--partition=debug" in start) is (partition is not None)
+        assert any("scancel" in c for c in t.commands[len(sent):])
+        assert status == "running"  # read from squeue by the SLURM backend's probe
+        assert store.sync.job("lj1").scheduler_job_id == "42"
+        # an explicit partition wins over the host's
+        t2 = Recording()
+        asyncio.run(submit(t2, store, "cl", ["true"], job_id="lj2", resources={"partition": "big"}))  # type: ignore[arg-type]
+        assert any("--partition=big" in c for c in t2.commands)
+        assert not any("--partition=debug" in c for c in t2.commands)
+    finally:
+        store.sync.close()
