@@ -704,6 +704,8 @@ def read_cancel(stdout: str) -> CancelAnswer:
     if not sections or sections[0][0][:1] != ["ping"]:
         return CancelAnswer("error", detail=f"no answer to read: {stdout.strip()[-200:]!r}")
     ping = "; ".join(x.strip() for x in sections[0][1] if x.strip())
+    if sections[0][0][1:] == ["127"]:
+        return CancelAnswer("error", detail=f"no scontrol on this host: {ping}")
     if " is UP" not in ping:
         return CancelAnswer("down", detail=ping or "scontrol ping said nothing")
     if len(sections) < 2:

@@ -433,6 +433,7 @@ UP = "==ping 0\nSlurmctld(primary) at ctl is UP\n"
     (UP + "==squeue 1\nslurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", "down"),
     (UP + "==not-found\n", "not_found"),
     (UP + "==scancel-name 0 j1\nscancel: Terminating job 12\n", "sent"),
+    ("==ping 127\nsh: 1: scontrol: not found\n", "error"),  # not a controller down
     ("", "error"),  # no answer to read: never a cancel
 ])
 def test_cancel_answers_are_told_apart(stdout: str, kind: str) -> None:
