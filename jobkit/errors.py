@@ -11,7 +11,9 @@ captured output.
      ├── StoreError                   the local store cannot be used
      ├── PrerequisiteMissing          a tool the host needs is missing
      ├── RemoteCommandFailed          the command ran and exited non-zero
-     │    └── LaunchFailed            a submit that provably started nothing
+     │    ├── LaunchFailed            a submit that provably started nothing
+     │    └── SchedulerUnreachable    the host answered, its batch scheduler's controller did
+     │                                 not: nothing was done
      ├── OutcomeUnknown               the remote side may or may not have acted (a timeout
      │                                 or a connection lost after the command was sent)
      └── TransportError               could not run a command on a host
@@ -106,6 +108,11 @@ class RemoteCommandFailed(JobkitError):
 
 class LaunchFailed(RemoteCommandFailed):
     """A submit whose launch provably started nothing (the job is recorded failed)."""
+
+
+class SchedulerUnreachable(RemoteCommandFailed):
+    """The host answered and its batch scheduler's controller did not (SLURM: "Unable to contact
+    slurm controller"): the request never reached the controller, so nothing was done."""
 
 
 class OutcomeUnknown(JobkitError):

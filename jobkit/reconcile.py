@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobkit.backends import Backend, TmuxBackend, backend_for
+from jobkit.backends import Backend, backend_for
 from jobkit.models import Evidence, JobStatus, Verdict
 from jobkit.probe import JobQuery
 from jobkit.store import ACTIVE, AsyncStore, JobRecord, Update
@@ -41,8 +41,10 @@ async def reconcile_host(transport: Transport, store: AsyncStore, host: str, *, 
                          known_ids: set[str] | None = None, observed_at: float | None = None) -> HostReport:
     """Reconcile the host's jobs (its active ones, or ``all_jobs``) in one round trip. A caller
     that has the jobs already (the service: one store query for every host) passes ``jobs`` (and
-    ``known_ids``, every id the store has on that host, for the orphans)."""
-    backend = backend or TmuxBackend()
+    ``known_ids``, every id the store has on that host, for the orphans). Without ``backend``,
+    the host's registered scheduler's."""
+    if backend is None:
+        backend = backend_for((await store.call(store.sync.host, host)).scheduler)
     start = time.monotonic()
     if jobs is None:
         known: list[JobRecord] = await store.call(store.sync.jobs, host, False)

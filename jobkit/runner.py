@@ -60,8 +60,14 @@ async def submit(transport: Transport, store: AsyncStore, host: str, argv: list[
     so it stays ``queued`` and its saga unresolved; reconciliation (and the next recovery, after
     the grace period) decides. A process killed in the middle leaves an unresolved saga that
     :func:`recover` resolves: a complete job, or nothing.
+
+    Without ``backend``, the host's registered scheduler's (:func:`jobkit.backends.backend_for`);
+    a host registered with a default partition gives it to a job whose ``resources`` name none.
     """
-    backend = backend or TmuxBackend()
+    spec = await store.call(store.sync.host, host)
+    backend = backend or backend_for(spec.scheduler)
+    if spec.partition and "partition" not in (resources or {}):
+        resources = {**(resources or {}), "partition": spec.partition}
     cp = checkpoint or (lambda _point: None)
     job_id = validate_id(job_id) if job_id is not None else new_id()
     token = secrets.token_hex(8)
@@ -214,13 +220,14 @@ async def cancel(transport: Transport, job_id: str, base_dir: str | None = None,
                  backend: Backend | None = None, store: AsyncStore | None = None) -> str:
     """Ask the job to stop (tmux: TERM to its wrapper, which forwards it to the job's group).
     With a store, the cancel is a saga of one logged step: a runner killed before it knew the
-    outcome re-issues it at its next start (a cancel can be repeated, never undone)."""
-    if backend is None:
-        backend = TmuxBackend()
+    outcome re-issues it at its next start (a cancel can be repeated, never undone). Without
+    ``backend``, the job's host's registered scheduler's (with a store; tmux without one)."""
     if store is None:
-        return await backend.cancel(transport, job_id, base_dir, timeout=timeout)
+        return await (backend or TmuxBackend()).cancel(transport, job_id, base_dir, timeout=timeout)
     log = store.sync.sagas
     host = store.sync.job(job_id).host
+    if backend is None:
+        backend = backend_for(store.sync.host(host).scheduler)
     sid = await store.call(log.begin, "cancel", {"job_id": job_id, "host": host, "base_dir": base_dir,
                                                  "scheduler": backend.name})
     try:

@@ -163,9 +163,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("--name: a short one-line name (1-200 characters)")
     store = _store()
     spec = store.sync.host(args.host)
+    # (the host's default partition is added by the library's submit)
     resources = {k: str(v) for k in ("time", "cpus", "mem", "partition") if (v := getattr(args, k)) is not None}
-    if spec.partition and "partition" not in resources:
-        resources["partition"] = spec.partition
     if resources and spec.scheduler == "tmux":
         raise ConfigError(f"--{', --'.join(resources)}: host {spec.name} runs jobs with tmux, which has no "
                           "resources to ask for (a batch scheduler's host has: --scheduler slurm)")

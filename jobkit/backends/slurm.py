@@ -12,9 +12,10 @@
   storage is disabled) and the wrapper's state files, claims and submit records.
 - **Verdicts** (:func:`merge_slurm`, pure): every SLURM state is mapped through
   :data:`STATE_MAP`; the scheduler's answer wins over the local cache, but a job not in the
-  queue is never by itself ``completed``, an unanswered ``squeue`` or ``sacct`` is no
-  information, a requeued job goes back to ``pending``, and a final SLURM state that the
-  wrapper's record contradicts is a reported conflict decided by the stronger evidence.
+  queue is never by itself ``completed``, an unanswered ``squeue`` or ``sacct`` (or a line
+  of its answer that may be the job's and cannot be read) is no information, a requeued job
+  goes back to ``pending``, and a final SLURM state that the wrapper's record contradicts is a
+  reported conflict decided by the stronger evidence.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from enum import StrEnum
 
 from jobkit.backends.base import FenceOutcome, LaunchOutcome, LaunchRequest, LaunchState
 from jobkit.backends.tmux import TmuxBackend
-from jobkit.errors import ConfigError, JobkitError, RemoteCommandFailed, TransportError
+from jobkit.errors import (
+    ConfigError,
+    JobkitError,
+    OutcomeUnknown,
+    RemoteCommandFailed,
+    SchedulerUnreachable,
+    TransportError,
+)
 from jobkit.ids import validate_id
 from jobkit.merge import LOST_REASON, NEVER_STARTED_REASON, SIGKILL_REASON, UNKNOWN_EXIT
 from jobkit.models import Evidence, HostState, JobStatus, Known, SchedulerEvidence, Source, Verdict
@@ -210,6 +218,37 @@ def _pick(rows: list[QueueRow] | list[AcctRow], name: str, sid: str | None) -> Q
     return max(mine, key=lambda r: _sort_key(r.job_id)) if mine else None
 
 
+def _subject(line: str) -> tuple[str | None, str | None]:
+    """The SLURM id and the job name an unparsable ``id|...|name`` line names, where each can
+    be read (None where not)."""
+    parts = line.split("|", 3)
+    lid = parts[0].strip()
+    return (lid if _JOBID.fullmatch(lid) else None), (parts[3] if len(parts) == 4 else None)
+
+
+def _may_be(lines: list[str], name: str, sid: str | None, listed: bool) -> list[str]:
+    """The unparsable lines that may be this job's (its own first): a line whose id (when the
+    job's is known) or else name can be read is the job's when it is the job's; a line naming
+    no job may be any job's that the answer does not otherwise list."""
+    own, anyone = [], []
+    for line in lines:
+        lid, lname = _subject(line)
+        if sid is not None and lid is not None:
+            if lid == sid:
+                own.append(line)
+        elif lname is not None:
+            if lname == name:
+                own.append(line)
+        elif not listed:
+            anyone.append(line)
+    return own + anyone
+
+
+def _unparsable_detail(lines: list[str]) -> str:
+    more = f" (+{len(lines) - 3} more)" if len(lines) > 3 else ""
+    return "unparsable line(s) that may be this job's: " + " / ".join(repr(x) for x in lines[:3]) + more
+
+
 # --- the probe ------------------------------------------------------------------------------
 PROBE = r"""
 b=$1; user=$(id -un)
@@ -308,20 +347,30 @@ def parse_probe(output: str, queries: list[JobQuery]) -> ProbeResult:
         qdetail = ""
         if queue_ok:
             row = _pick(qrows, q.job_id, sid)
-            if isinstance(row, QueueRow):
+            # a line that may be this job's and cannot be read: no information, never "absent"
+            doubt = _may_be(queue.unparsable, q.job_id, sid, isinstance(row, QueueRow))
+            if doubt:
+                qdetail = _unparsable_detail(doubt)
+            elif isinstance(row, QueueRow):
                 qs = ("listed", row.state, row.reason, row.job_id)
             else:
                 qs = ("absent", None, None, None)
         else:
             qdetail = (squeue_text.strip().splitlines() or ["no answer"])[-1]
+        adetail = acct_detail
         arow = _pick(arows, q.job_id, sid or qs[3]) if acct_ok else None
-        if isinstance(arow, AcctRow):
+        adoubt = _may_be(acct.unparsable, q.job_id, sid or qs[3], isinstance(arow, AcctRow)) if acct_ok else []
+        acc: tuple[str, str | None, int | None, int | None]
+        if adoubt:
+            arow, adetail = None, _unparsable_detail(adoubt)
+            acc = ("error", None, None, None)
+        elif isinstance(arow, AcctRow):
             ex = arow.exit or (None, None)
-            acc: tuple[str, str | None, int | None, int | None] = ("ok", arow.state, ex[0], ex[1])
+            acc = ("ok", arow.state, ex[0], ex[1])
         else:
             acc = ("absent" if acct_ok else acct_state, None, None, None)
         detail = "; ".join(d for d in (f"squeue: {qdetail}" if qdetail else "",
-                                       f"sacct: {acct_detail}" if acct_detail else "") if d)
+                                       f"sacct: {adetail}" if adetail else "") if d)
         sched = SchedulerEvidence(qs[0], qs[1], qs[2], acc[0], acc[1], acc[2], acc[3],
                                   sid or qs[3] or (arow.job_id if isinstance(arow, AcctRow) else None), detail,
                                   tuple(queue.unparsable + acct.unparsable))
@@ -404,7 +453,7 @@ def merge_slurm(ev: Evidence, known: Known, *, grace: float = 30.0) -> Verdict:
         return Verdict(jid, JobStatus.FAILED, Source.NONE,
                        f"{NEVER_STARTED_REASON} (its id is fenced on the cluster, so it can never start)", said=said)
     no_info = s.queue == "error"
-    nothing_why = (f"no answer from the scheduler ({s.detail})" if no_info else
+    nothing_why = (f"no information from the scheduler ({s.detail})" if no_info else
                    "not in the queue and no accounting record "
                    f"(accounting {s.accounting}{': ' + s.detail if s.detail else ''})")
     if wrapper_final and sf is not None and sf.status is not None:
@@ -609,6 +658,83 @@ def _start(req: LaunchRequest) -> list[str]:
     ]
 
 
+#: the cancel (after ``b=BASE; id=ID``): the controller asked first (``scontrol ping`` answers
+#: at once when it is down; ``scancel`` retries for MessageTimeout), then ``scancel -v``, whose
+#: exit status is 0 for a job the controller does not know or that had ended: only its verbose
+#: output tells them from a cancel. Each answer framed for :func:`read_cancel`.
+CANCEL = r"""
+set -- $(cat "$b/jobs/$id.submit" 2>/dev/null); sid=${2:-}; u=$(id -un)
+p=$(scontrol ping 2>&1); printf '==ping %s\n%s\n' "$?" "$p"
+case $p in *' is UP'*) ;; *) exit 0 ;; esac
+if [ -n "$sid" ]; then
+  out=$(scancel -v "$sid" 2>&1); printf '==scancel %s %s\n%s\n' "$?" "$sid" "$out"
+elif q=$(squeue -h -u "$u" -n "$id" -o %i 2>&1); then
+  if [ -z "$q" ]; then printf '==not-found\n'; exit 0; fi
+  out=$(scancel -v -u "$u" -n "$id" 2>&1); printf '==scancel-name %s %s\n%s\n' "$?" "$id" "$out"
+else printf '==squeue 1\n%s\n' "$q"
+fi
+"""
+
+#: a controller that cannot be reached: the request never got to it
+_NO_CONTROLLER = ("Unable to contact slurm controller", "Connection refused", "is DOWN")
+#: a controller reached that did not answer: the request may have acted
+_NO_ANSWER = ("Socket timed out", "Zero Bytes were transmitted")
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    """What a cancel's answer says: ``sent`` (scancel took it), ``gone`` (the controller does
+    not know the job: purged), ``ended`` (it had already ended), ``down`` (the controller did
+    not answer: nothing was done), ``unknown`` (it may have acted), ``not_found`` (no id
+    recorded, nothing of that name queued), ``error`` (anything else, or no answer)."""
+
+    kind: str
+    sid: str | None = None
+    detail: str = ""
+
+
+def read_cancel(stdout: str) -> CancelAnswer:
+    """The answer of :data:`CANCEL` (pure)."""
+    sections: list[tuple[list[str], list[str]]] = []
+    for line in stdout.split("\n"):
+        if line.startswith("=="):
+            sections.append((line[2:].split(), []))
+        elif sections:
+            sections[-1][1].append(line)
+    if not sections or sections[0][0][:1] != ["ping"]:
+        return CancelAnswer("error", detail=f"no answer to read: {stdout.strip()[-200:]!r}")
+    ping = "; ".join(x.strip() for x in sections[0][1] if x.strip())
+    if sections[0][0][1:] == ["127"]:
+        return CancelAnswer("error", detail=f"no scontrol on this host: {ping}")
+    if " is UP" not in ping:
+        return CancelAnswer("down", detail=ping or "scontrol ping said nothing")
+    if len(sections) < 2:
+        return CancelAnswer("error", detail="the answer stops after scontrol ping")
+    head, body = sections[1]
+    lines = [x.strip() for x in body if x.strip()]
+    errors = [x for x in lines if "error" in x.lower()]
+    last = (errors or lines or [""])[-1]
+    if head[0] == "not-found":
+        return CancelAnswer("not_found", detail="no job of that name in the queue")
+    if head[0] == "squeue":
+        kind = "down" if any(m in last for m in _NO_CONTROLLER) else "error"
+        return CancelAnswer(kind, detail=f"squeue: {last or 'no answer'}")
+    if head[0] not in ("scancel", "scancel-name") or len(head) < 3 or not head[1].isdigit():
+        return CancelAnswer("error", detail=f"unreadable answer: {stdout.strip()[-200:]!r}")
+    rc, sid = int(head[1]), (head[2] if head[0] == "scancel" else None)
+    if any("Invalid job id" in x for x in errors):
+        return CancelAnswer("gone", sid, last)
+    if any("already completing or completed" in x for x in errors):
+        return CancelAnswer("ended", sid, last)
+    if any(m in x for x in errors for m in _NO_CONTROLLER):
+        return CancelAnswer("down", sid, last)
+    if any(m in x for x in errors for m in _NO_ANSWER):
+        return CancelAnswer("unknown", sid, last)
+    if rc != 0 or errors:
+        return CancelAnswer("error", sid, f"scancel exit {rc}: {last}")
+    return CancelAnswer("sent", sid)
+
+
 def _outcome(r: CommandResult, already: str = "already launched") -> LaunchOutcome:
     why = (r.stderr.strip().splitlines() or [""])[-1]
     sid = None
@@ -676,19 +802,32 @@ class SlurmBackend:
 
     async def cancel(self, transport: Transport, job_id: str, base_dir: str | None, *, timeout: float) -> str:
         """``scancel`` of the job (by its scheduler id when recorded, else by its name): SLURM
-        sends TERM to the job's steps (the wrapper forwards it to the job), KILL after KillWait."""
+        sends TERM to the job's steps (the wrapper forwards it to the job), KILL after KillWait.
+        A job the controller no longer knows (purged after MinJobAge) or that had already ended
+        is nothing to cancel (said so: its status comes from the evidence); a controller that
+        does not answer is :class:`SchedulerUnreachable` (nothing was cancelled)."""
         validate_id(job_id)
-        r = await transport.run(
-            f"b={base_dir_word(base_dir)}; id={job_id}; set -- $(cat \"$b/jobs/$id.submit\" 2>/dev/null); "
-            "u=$(id -un); "
-            "if [ -n \"${2:-}\" ]; then scancel \"$2\" && echo \"scancel $2\"; "
-            "else q=$(squeue -h -u \"$u\" -n \"$id\" -o %i) || exit 70; [ -n \"$q\" ] || { echo not-found; exit 3; }; "
-            "scancel -u \"$u\" -n \"$id\" && echo \"scancel --name $id\"; fi", timeout=timeout)
-        if r.exit_status != 0:
-            raise RemoteCommandFailed(f"cannot cancel {job_id}: {(r.stderr or r.stdout).strip()}",
-                                      host=transport.host_name, exit_status=r.exit_status, stdout=r.stdout,
-                                      stderr=r.stderr)
-        return r.stdout.strip()
+        r = await transport.run(f"b={base_dir_word(base_dir)}; id={job_id}\n{CANCEL}", timeout=timeout)
+        a = read_cancel(r.stdout)
+        if a.kind == "sent":
+            return f"scancel {a.sid}" if a.sid else f"scancel --name {job_id}"
+        if a.kind == "gone":
+            return (f"SLURM job {a.sid} is no longer in the controller (ended and purged after MinJobAge, or "
+                    "its state was lost): nothing to cancel; reconcile tells how it ended")
+        if a.kind == "ended":
+            return f"SLURM job {a.sid} had already ended: nothing to cancel; reconcile tells how it ended"
+        kw = {"host": transport.host_name, "exit_status": r.exit_status, "stdout": r.stdout, "stderr": r.stderr}
+        if a.kind == "down":
+            raise SchedulerUnreachable(f"cannot cancel {job_id}: the SLURM controller does not answer ({a.detail}): "
+                                       "nothing was cancelled", **kw)  # type: ignore[arg-type]
+        if a.kind == "unknown":
+            raise OutcomeUnknown(f"cancel of {job_id}: the SLURM controller did not answer in time ({a.detail}): "
+                                 "the cancel may or may not have reached it; reconcile tells", job_id=job_id,
+                                 **kw)
+        if a.kind == "not_found":
+            raise RemoteCommandFailed(f"cannot cancel {job_id}: no SLURM id recorded for it and no job of that "
+                                      "name in the queue", **kw)  # type: ignore[arg-type]
+        raise RemoteCommandFailed(f"cannot cancel {job_id}: {a.detail}", **kw)  # type: ignore[arg-type]
 
     async def probe(self, transport: Transport, queries: list[JobQuery], base_dir: str | None, *,
                     timeout: float) -> ProbeResult:

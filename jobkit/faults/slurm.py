@@ -123,8 +123,9 @@ def inject_slurm(fault: SlurmFault, cluster: Cluster, *, sid: str | None = None,
             if fault is SlurmFault.PURGE_WHILE_ACCOUNTING_DOWN:
                 _need(sid, fault)
                 _root(cluster, login, f"scancel {sid} || true")
+                # purged: `squeue -j` says "Invalid job id" (exit 1, as for a controller down)
                 _poll("job purged from the controller",
-                      lambda: cluster.exec(login, f"squeue -h -j {sid}")[0] != 0, 60)
+                      lambda: "Invalid job id" in cluster.exec(login, f"squeue -h -j {sid}")[1], 60)
         elif fault is SlurmFault.NODE_DOWN:
             node = job_node(cluster, _need(sid, fault))
             _root(cluster, login, f"scontrol update nodename={node} state=down reason=jobkit-fault")

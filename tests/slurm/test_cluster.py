@@ -64,6 +64,28 @@ def test_cancel_is_recorded_cancelled(slurm_cli: Cli) -> None:
     assert j["signal"] in ("TERM", None), j
 
 
+def test_cancel_with_the_controller_down_says_so_and_cancels_nothing(slurm_cli: Cli) -> None:
+    from jobkit.faults.slurm import SlurmFault, inject_slurm
+
+    c = slurm_cli
+    c.run("submit", "cl", "--id", "cd1", "--", "sleep", "300")
+    assert c.wait("cd1", lambda j: j["status"] == "running")["status"] == "running"
+    inj = inject_slurm(SlurmFault.SLURMCTLD_STOPPED, c.cluster)
+    try:
+        rc, out = c.run("cancel", "cd1", ok=False)
+    finally:
+        inj.restore()
+    assert rc == 1, out
+    assert "controller does not answer" in out, out
+    assert "nothing was cancelled" in out, out
+    sid = c.job("cd1")["sid"]
+    assert c.sh("ctl", f"squeue -h -j {sid} -o %T", user="jobkit").strip() == "RUNNING"
+    j = c.wait("cd1", lambda j: j["status"] == "running")
+    assert j["status"] == "running", j
+    c.run("cancel", "cd1")
+    assert c.wait("cd1", lambda j: j["status"] == "cancelled")["status"] == "cancelled"
+
+
 def test_node_down_requeues_the_job_back_to_pending(slurm_cli: Cli) -> None:
     c = slurm_cli
     c.run("submit", "cl", "--id", "rq1", "--", "sleep", "300")
@@ -113,6 +135,10 @@ def test_a_purged_job_is_known_from_accounting(slurm_cli: Cli) -> None:
         assert time.monotonic() < deadline, "never purged"
         time.sleep(1)
     assert "Invalid job id" in out
+    # a cancel now: the controller no longer knows the job (not an error, not a cancel)
+    rc, out = c.run("cancel", "pg1")
+    assert "no longer in the controller" in out, out
+    assert "nothing to cancel" in out, out
     j = c.wait("pg1", lambda j: j["status"] == "failed")
     assert (j["status"], j["exit"], j["conflict"]) == ("failed", 3, False), j
 
@@ -128,7 +154,7 @@ def test_a_cluster_without_accounting(noacct_cli: Cli) -> None:
     # na2 is not reconciled before the controller has purged it: the job completion log answers
     sid = c.job("na2")["sid"]
     deadline = time.monotonic() + 60
-    while c.cluster.exec("node1", f"squeue -h -j {sid}", user="jobkit")[0] == 0:
+    while "Invalid job id" not in c.cluster.exec("node1", f"squeue -h -j {sid}", user="jobkit")[1]:
         assert time.monotonic() < deadline, "never purged"
         time.sleep(1)
     _, out = c.run("reconcile", "--json")

@@ -21,6 +21,7 @@ from jobkit.backends.slurm import (
     parse_probe,
     parse_sacct,
     parse_squeue,
+    read_cancel,
     resource_args,
     slurm_state,
 )
@@ -35,7 +36,7 @@ from jobkit.models import (
     SchedulerEvidence,
     Source,
 )
-from jobkit.probe import JobQuery
+from jobkit.probe import JobQuery, ProbeResult
 
 pytestmark = pytest.mark.unit
 
@@ -157,6 +158,127 @@ def test_probe_tells_the_controller_down_from_an_empty_queue() -> None:
     assert empty.scheduler.queue == "absent"
     cut = parse_probe("==now 1\n==squeue\n", [JobQuery("j")])
     assert not cut.host.reachable
+
+
+def _sched(res: ProbeResult, job: str) -> SchedulerEvidence:
+    s = res.evidence[job].scheduler
+    assert s is not None
+    return s
+
+
+def test_an_unparsable_line_that_may_be_a_jobs_is_no_information_for_it() -> None:
+    files = "j1.submit:t 7\nj2.submit:t 8\nj3.submit:t 9\n"
+    queries = [JobQuery("j1"), JobQuery("j2"), JobQuery("j3")]
+    # its id readable: no information for that job (with the line), the others as the queue says
+    res = parse_probe(_probe("7|RUNNING|None|j1\n8|RUNN!NG|None|j2", "", files), queries)
+    assert (_sched(res, "j1").queue, _sched(res, "j1").queue_state) == ("listed", "RUNNING")
+    assert _sched(res, "j2").queue == "error"
+    assert "8|RUNN!NG|None|j2" in _sched(res, "j2").detail
+    assert _sched(res, "j3").queue == "absent"  # the line is job 8's, not 9's
+    # a line naming no job: no information for every job the queue does not list
+    res = parse_probe(_probe("7|RUNNING|None|j1\nsqueue: error: something odd", "", files), queries)
+    assert _sched(res, "j1").queue == "listed"
+    for j in ("j2", "j3"):
+        assert _sched(res, j).queue == "error"
+        assert "something odd" in _sched(res, j).detail
+    # and so its verdict is the last known status, stale: never lost, never a status from elsewhere
+    v = merge_slurm(res.evidence["j3"], RUNNING, grace=30)
+    assert (v.status, v.stale) == (JobStatus.RUNNING, True), v
+    # by name (no scheduler id recorded): a line of that name
+    res = parse_probe(_probe("5|PEND ING|None|j4\n", ""), [JobQuery("j4"), JobQuery("j5")])
+    assert _sched(res, "j4").queue == "error"
+    assert _sched(res, "j5").queue == "absent"
+    # sacct likewise: the job's own unreadable accounting line is no information, not "no record"
+    res = parse_probe(_probe("", "8|COMPLETED|x:0|j2\n9|FAILED|3:0|j3"), queries)
+    assert _sched(res, "j2").accounting == "error"
+    assert "8|COMPLETED|x:0|j2" in _sched(res, "j2").detail
+    assert (_sched(res, "j3").accounting, _sched(res, "j3").acct_state) == ("ok", "FAILED")
+    assert _sched(res, "j1").accounting == "absent"
+    res = parse_probe(_probe("", "garbage\n9|FAILED|3:0|j3"), queries)
+    assert _sched(res, "j1").accounting == "error"
+    assert _sched(res, "j3").accounting == "ok"
+
+
+def _garble(kind: int, sid: str, state: str, tail: str, name: str) -> str:
+    """A line of this job that cannot be read: its state, its tail cut off, or its id broken."""
+    return [f"{sid}|{state.lower()}!|{tail}|{name}", f"{sid}|{state[:3]}", f"{sid}x|{state}|{tail}|{name}"][kind]
+
+
+def _untold(plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], i: int) -> bool:
+    """Whether an unreadable line may be job i's (which is not in the answer)."""
+    return bool(garbage) or (not plan[i][3] and any(w == 1 and h == 1 for _, w, h, _ in plan))
+
+
+free_garbage = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="|="),
+                       min_size=1, max_size=30).filter(lambda s: any(c.isalpha() for c in s))  # names no job
+#: per job: (its SLURM state, where it is: 0 listed, 1 its line garbled, 2 not there; how garbled;
+#: whether its scheduler id is recorded)
+job_plan = st.tuples(st.sampled_from(STATES), st.integers(0, 2), st.integers(0, 2), st.booleans())
+
+
+@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
+def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
+        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    lines, queries, files = [], [], []
+    for i, (state, where, how, with_sid) in enumerate(plan):
+        jid, sid = f"g{i}", str(100 + i)
+        files.append(f"{jid}.submit:t {sid}" if with_sid else "")
+        queries.append(JobQuery(jid))
+        if where == 0:
+            lines.append(f"{sid}|{state.value}|None|{jid}")
+        elif where == 1:
+            lines.append(_garble(how, sid, state.value, "None", jid))
+    lines += garbage
+    rnd.shuffle(lines)
+    res = parse_probe(_probe("\n".join(lines), "", "\n".join(f for f in files if f)), queries)
+    for i, (state, where, how, _) in enumerate(plan):
+        s = res.evidence[f"g{i}"].scheduler
+        assert s is not None
+        if where == 0:
+            assert (s.queue, s.queue_state) == ("listed", state.value), s
+        elif where == 1:
+            assert s.queue == "error", s  # its own line unreadable: no information, the line reported
+            assert _garble(how, str(100 + i), state.value, "None", f"g{i}") in s.unparsable
+            assert s.detail.startswith("squeue: unparsable"), s
+            assert merge_slurm(res.evidence[f"g{i}"], RUNNING, grace=0).status is JobStatus.RUNNING
+        else:
+            # absent only when every unreadable line can be told to be another job's (a line cut
+            # short names only an id: another job's for a job whose id is recorded, anyone's else)
+            assert s.queue == ("error" if _untold(plan, garbage, i) else "absent"), s
+
+
+@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
+def test_sacct_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
+        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    lines, queries, files = [], [], []
+    for i, (state, where, how, with_sid) in enumerate(plan):
+        jid, sid = f"g{i}", str(100 + i)
+        files.append(f"{jid}.submit:t {sid}" if with_sid else "")
+        queries.append(JobQuery(jid))
+        if where == 0:
+            lines.append(f"{sid}|{state.value}|3:0|{jid}")
+        elif where == 1:
+            lines.append(_garble(how, sid, state.value, "3:0", jid))
+    lines += garbage
+    rnd.shuffle(lines)
+    res = parse_probe(_probe("", "\n".join(lines), "\n".join(f for f in files if f)), queries)
+    for i, (state, where, how, _) in enumerate(plan):
+        s = res.evidence[f"g{i}"].scheduler
+        assert s is not None
+        if where == 0:
+            assert (s.accounting, s.acct_state, s.acct_exit) == ("ok", state.value, 3), s
+        elif where == 1:
+            assert s.accounting == "error", s
+            assert _garble(how, str(100 + i), state.value, "3:0", f"g{i}") in s.unparsable
+            assert "sacct: unparsable" in s.detail, s
+        else:
+            assert s.accounting == ("error" if _untold(plan, garbage, i) else "absent"), s
 
 
 # --- verdicts -------------------------------------------------------------------------------
@@ -290,6 +412,63 @@ def test_batch_script_runs_the_wrapper_without_a_database() -> None:
     assert s.rstrip().endswith("j1 sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'")
 
 
+# --- cancel ---------------------------------------------------------------------------------
+UP = "==ping 0\nSlurmctld(primary) at ctl is UP\n"
+
+
+@pytest.mark.parametrize(("stdout", "kind"), [
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n", "sent"),
+    # scancel exits 0 for these two: only its -v output tells them from a cancel
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Invalid job id specified\n", "gone"),
+    (UP + "==scancel 0 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Job/step already completing or completed\n", "ended"),
+    ("==ping 1\nSlurmctld(primary) at ctl is DOWN\n", "down"),
+    (UP + "==scancel 8 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Unable to contact slurm controller (connect failure)\n", "down"),
+    (UP + "==scancel 8 12\nscancel: Terminating job 12\n"
+     "scancel: error: Kill job error on job id 12: Socket timed out on send/recv operation\n", "unknown"),
+    (UP + "==scancel 1 12\nscancel: error: Kill job error on job id 12: Access/permission denied\n", "error"),
+    (UP + "==scancel 0 12\nsomething else entirely\n", "sent"),
+    (UP + "==squeue 1\nslurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", "down"),
+    (UP + "==not-found\n", "not_found"),
+    (UP + "==scancel-name 0 j1\nscancel: Terminating job 12\n", "sent"),
+    ("==ping 127\nsh: 1: scontrol: not found\n", "error"),  # not a controller down
+    ("", "error"),  # no answer to read: never a cancel
+])
+def test_cancel_answers_are_told_apart(stdout: str, kind: str) -> None:
+    got = read_cancel(stdout)
+    assert got.kind == kind, got
+    if kind in ("gone", "ended", "down", "unknown", "error"):
+        assert got.detail, got
+
+
+def test_cancel_of_a_purged_job_or_with_the_controller_down() -> None:
+    import asyncio
+
+    from jobkit.backends.slurm import SlurmBackend
+    from jobkit.errors import SchedulerUnreachable
+    from jobkit.transport import CommandResult
+
+    class Canned:
+        host_name = "cl"
+
+        def __init__(self, out: str) -> None:
+            self.out = out
+
+        async def run(self, command: str, **kw: object) -> CommandResult:
+            return CommandResult(command, 0, self.out, "", 0.0)
+
+    gone = UP + ("==scancel 0 12\nscancel: Terminating job 12\n"
+                 "scancel: error: Kill job error on job id 12: Invalid job id specified\n")
+    what = asyncio.run(SlurmBackend().cancel(Canned(gone), "j1", None, timeout=5))  # type: ignore[arg-type]
+    assert "no longer in the controller" in what
+    assert "nothing to cancel" in what
+    down = "==ping 1\nSlurmctld(primary) at ctl is DOWN\n"
+    with pytest.raises(SchedulerUnreachable, match=r"controller does not answer.*nothing was cancelled"):
+        asyncio.run(SlurmBackend().cancel(Canned(down), "j1", None, timeout=5))  # type: ignore[arg-type]
+
+
 def test_probe_reads_the_completion_log_answer() -> None:
     out = ("==now 1000000\n==boot b\n==squeue\n\n==squeue_rc 0\n==sacct\n==sacct_mode completion_log\n"
            "12|FAILED|4:0|na2\n==sacct_rc 0\n==files\n==end\n")
@@ -327,3 +506,66 @@ def test_the_scheduler_statuses_in_the_store(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="final status never changes"):
         db.execute("UPDATE jobs SET status = 'running', version = version + 1 WHERE id = 'j'")
     db.close()
+
+
+# --- the library picks the host's backend -----------------------------------------------------
+class Recording:
+    """A transport that answers every command like a SLURM login node that took it."""
+
+    host_name = "cl"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    async def run(self, command: str, *, stdin: str | None = None, timeout: float = 5.0,
+                  check: bool = False) -> object:
+        from jobkit.transport import CommandResult
+
+        self.commands.append(command + (stdin or ""))
+        if "scontrol ping" in command:
+            out = UP + "==scancel 0 42\nscancel: Terminating job 42\n"
+        elif "==squeue" in command:  # the probe
+            out = _probe("42|RUNNING|None|lj1", "", "lj1.submit:t 42\n")
+        else:
+            out = "submitted 42"
+        return CommandResult(command, 0, out, "", 0.0)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("partition", ["debug", None])
+def test_the_library_uses_the_hosts_scheduler_and_partition(tmp_path: Path, partition: str | None) -> None:
+    import asyncio
+
+    from jobkit.hosts import HostSpec
+    from jobkit.reconcile import reconcile_host
+    from jobkit.runner import cancel, submit
+    from jobkit.store import AsyncStore, Store
+
+    store = AsyncStore(Store(tmp_path / "store.db"))
+    try:
+        store.sync.add_host(HostSpec("cl", "127.0.0.1", 22, "u", tmp_path / "k", None, scheduler="slurm",
+                                     partition=partition))
+        t = Recording()
+
+        async def go() -> tuple[str, list[str]]:
+            await submit(t, store, "cl", ["true"], job_id="lj1")  # type: ignore[arg-type]
+            sent = list(t.commands)
+            await cancel(t, "lj1", store=store)  # type: ignore[arg-type]
+            report = await reconcile_host(t, store, "cl")  # type: ignore[arg-type]
+            return report.verdicts[0].status.value, sent
+
+        status, sent = asyncio.run(go())
+        start = next(c for c in sent if "sbatch" in c and "--parsable" in c)
+        assert ("--partition=debug" in start) is (partition is not None)
+        assert any("scancel" in c for c in t.commands[len(sent):])
+        assert status == "running"  # read from squeue by the SLURM backend's probe
+        assert store.sync.job("lj1").scheduler_job_id == "42"
+        # an explicit partition wins over the host's
+        t2 = Recording()
+        asyncio.run(submit(t2, store, "cl", ["true"], job_id="lj2", resources={"partition": "big"}))  # type: ignore[arg-type]
+        assert any("--partition=big" in c for c in t2.commands)
+        assert not any("--partition=debug" in c for c in t2.commands)
+    finally:
+        store.sync.close()
