@@ -547,18 +547,21 @@ done
 
 # The start: the job's start time (a job reaped meanwhile has none left), whether the job is
 # already over (a zombie, or gone: a `true`), then the clock. A job over before the clock is
-# read gets no running state (the final one would replace it at once) and no second reading of
-# the clock: this one is already later than its end. Only where /proc answered for this wrapper
+# read (job_over=1) gets no running state (the final one would replace it at once) and no second
+# reading of the clock: this one is already later than its end. A job found over just after the
+# clock is read (job_over=2) gets no running state either, but its end is read from the clock
+# again (it may have ended after this reading). Only where /proc answered for this wrapper
 # itself (without it a job cannot be seen to be over), and not in posh: its `wait` then
 # misparses its operand now and then (`wait: invalid option`, status 1) once the job has been
 # reaped, and the job's status would be lost.
 proc_start_of "$job_pid"
-job_over=0
-[ -n "$sig_name" ] || [ -z "$wrapper_start" ] || [ -n "${POSH_VERSION:-}" ] || child_running "$job_pid" ||
-  job_over=1
+job_over=0 may_skip=1
+[ -z "$sig_name" ] && [ -n "$wrapper_start" ] && [ -z "${POSH_VERSION:-}" ] || may_skip=0
+[ "$may_skip" = 0 ] || child_running "$job_pid" || job_over=1
 now
+[ "$job_over" != 0 ] || [ "$may_skip" = 0 ] || child_running "$job_pid" || job_over=2
 started_at=$now_iso started_epoch=$now_epoch status=running
-[ "$job_over" = 1 ] || write_state running
+[ "$job_over" != 0 ] || write_state running
 sql_text "$user"; s_user=$tok
 sql_text "$host"; s_host=$tok
 sql_text "$boot_id"; s_boot=$tok
@@ -568,7 +571,7 @@ sql_text "$boot_id"; s_boot=$tok
 # A job already over by now (a zombie, or gone) skips it: the final UPDATE follows at once with
 # the same start fields, and a second sqlite3 would only contend with it for the write lock.
 start_set="started_at = '$started_at', started_epoch = ${started_epoch:-NULL}, pid = $job_pid, pgid = $job_pid, proc_start = ${proc_start:-NULL}, boot_id = $s_boot, user = $s_user, host = $s_host"
-[ "$job_over" = 1 ] || db_start "status = 'running', $start_set" running
+[ "$job_over" != 0 ] || db_start "status = 'running', $start_set" running
 
 # --- wait: a trapped signal interrupts `wait`; wait again until the job is really gone ------
 wait "$job_pid"
