@@ -4,21 +4,18 @@ SSH target) and on one lab container (container tier). Profiles: JOBKIT_HYPOTHES
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from jobkit.lab import Lab
+from tests.conftest import PROFILE, STATEFUL_BUDGET
 from tests.stateful.machine import RuntimeMachine
-
-#: (examples, steps per example) per profile
-BUDGET = {"fast": (5, 15), "ci": (15, 30), "thorough": (80, 50)}
 
 
 def _settings() -> settings:
-    examples, steps = BUDGET.get(os.environ.get("JOBKIT_HYPOTHESIS_PROFILE", "fast"), BUDGET["fast"])
+    examples, steps = STATEFUL_BUDGET.get(PROFILE, STATEFUL_BUDGET["fast"])
     return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
