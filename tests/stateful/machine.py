@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hypothesis import note
+from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from jobkit.deploy import deploy
@@ -49,6 +50,23 @@ TIMEOUT = 1.5  # the reconcile bound under test (a paused host costs this much p
 SETTLE_TIMEOUT = 10.0  # once every fault is lifted: a loaded machine must not look unreachable
 SLACK = 1.0  # "returns within timeout + 1 s"
 KILL_GRACE = 1  # the wrapper's grace between TERM and KILL
+
+
+def note(message: str) -> None:
+    """hypothesis's note() inside a test run, a plain print in a replayed example (pytest -s)."""
+    if currently_in_test_context():
+        hypothesis_note(message)
+    else:
+        print(message)
+
+
+#: which job a rule acts on: an index into the sorted candidates (modulo their number), an
+#: explicit argument so that a failing example prints as a program that runs as is
+WHICH = st.integers(min_value=0, max_value=7)
+
+
+def pick(candidates: list[str], which: int) -> str:
+    return candidates[which % len(candidates)]
 
 
 @dataclass
@@ -118,9 +136,13 @@ class LateAnswers(Counting):
 
 
 class RuntimeMachine(RuleBasedStateMachine):
-    #: set by the test module: the host every example runs on (shared; each example gets a
-    #: base directory of its own)
+    #: the lab target a subclass runs on, and the host a fixture started for it (shared by the
+    #: examples; each example gets a base directory of its own)
+    target: ClassVar[str]
     host: ClassVar[LabHost]
+    #: the examples not cleaned up yet: a replayed example that fails never reaches its
+    #: teardown, the fixture cleans up after it
+    open_examples: ClassVar[list[RuntimeMachine]] = []
 
     def __init__(self) -> None:
         super().__init__()
@@ -141,6 +163,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.stores: list[AsyncStore] = []
         self.t: Counting | None = None
         self.t_late: SSHTransport | None = None
+        self.open_examples.append(self)
 
     # --- plumbing -----------------------------------------------------------------------------
     def run(self, coro: Any) -> Any:
@@ -220,9 +243,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         return sorted(j for j, t in self.jobs.items() if t.launch == "ok")
 
     @precondition(lambda self: any(not t.released for t in self.jobs.values()))
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        job = data.draw(st.sampled_from(sorted(j for j, t in self.jobs.items() if not t.released)))
+    @rule(which=WHICH)
+    def release(self, which: int) -> None:
+        job = pick(sorted(j for j, t in self.jobs.items() if not t.released), which)
         t = self.jobs[job]
         t.released = True
         if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
@@ -230,9 +253,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.sh(f"touch {self.base_abs}/rel-{job}")
 
     @precondition(lambda self: bool(self.live()))
-    @rule(data=st.data())
-    def cancel_job(self, data: st.DataObject) -> None:
-        job = data.draw(st.sampled_from(self.live()))
+    @rule(which=WHICH)
+    def cancel_job(self, which: int) -> None:
+        job = pick(self.live(), which)
         t = self.jobs[job]
         try:
             what = self.run(cancel(self.t.real if self.t else None, job, self.base))  # type: ignore[arg-type]
@@ -248,17 +271,17 @@ class RuntimeMachine(RuleBasedStateMachine):
             t.ends.add(("failed", 129))
 
     @precondition(lambda self: bool(self.live()))
-    @rule(data=st.data())
-    def sigkill_wrapper(self, data: st.DataObject) -> None:
-        job = data.draw(st.sampled_from(self.live()))
+    @rule(which=WHICH)
+    def sigkill_wrapper(self, which: int) -> None:
+        job = pick(self.live(), which)
         pid = self.state_field(job, "wrapper_pid")
         if pid is not None and self.sh(f"kill -s KILL {pid} 2>/dev/null").exit_status == 0:
             self.jobs[job].wrapper_killed = True
 
     @precondition(lambda self: bool(self.live()))
-    @rule(data=st.data())
-    def sigkill_group(self, data: st.DataObject) -> None:
-        job = data.draw(st.sampled_from(self.live()))
+    @rule(which=WHICH)
+    def sigkill_group(self, which: int) -> None:
+        job = pick(self.live(), which)
         pgid = self.state_field(job, "pgid")
         if pgid is None:
             return
@@ -270,10 +293,10 @@ class RuntimeMachine(RuleBasedStateMachine):
                 t.ends.add(("failed", 137))
 
     @precondition(lambda self: bool(self.live()))
-    @rule(data=st.data(), server=st.booleans())
-    def kill_tmux(self, data: st.DataObject, server: bool) -> None:
+    @rule(which=WHICH, server=st.booleans())
+    def kill_tmux(self, which: int, server: bool) -> None:
         handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
-        victims = self.live() if server else [data.draw(st.sampled_from(self.live()))]
+        victims = self.live() if server else [pick(self.live(), which)]
         try:
             self.run(inject(Fault.KILL_TMUX_SERVER if server else Fault.KILL_TMUX_SESSION, handle,
                             job_id=victims[0]))
@@ -288,8 +311,9 @@ class RuntimeMachine(RuleBasedStateMachine):
 
     # --- faults -------------------------------------------------------------------------------
     @precondition(lambda self: self.db_fault is None)
-    @rule(kind=st.sampled_from([Fault.LOCKED_DB, Fault.DELETED_DB, Fault.CORRUPT_DB]))
-    def break_database(self, kind: Fault) -> None:
+    @rule(name=st.sampled_from(["LOCKED_DB", "DELETED_DB", "CORRUPT_DB"]))
+    def break_database(self, name: str) -> None:
+        kind = Fault[name]
         handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
         inj = self.run(inject(kind, handle, seconds=2))
         self.db_fault, self.db_fault_kind = inj, kind
@@ -298,10 +322,10 @@ class RuntimeMachine(RuleBasedStateMachine):
                 t.db_faulted = True
 
     @precondition(lambda self: bool([j for j in self.live() if j not in self.file_faults]))
-    @rule(data=st.data(), kind=st.sampled_from([Fault.DELETED_STATE_FILE, Fault.GARBAGE_STATE_FILE,
-                                                 Fault.TRUNCATED_STATE_FILE]))
-    def break_state_file(self, data: st.DataObject, kind: Fault) -> None:
-        job = data.draw(st.sampled_from([j for j in self.live() if j not in self.file_faults]))
+    @rule(which=WHICH, name=st.sampled_from(["DELETED_STATE_FILE", "GARBAGE_STATE_FILE", "TRUNCATED_STATE_FILE"]))
+    def break_state_file(self, which: int, name: str) -> None:
+        kind = Fault[name]
+        job = pick([j for j in self.live() if j not in self.file_faults], which)
         handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
         try:
             self.file_faults[job] = self.run(inject(kind, handle, job_id=job))
@@ -484,6 +508,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         return not any(ev.live.wrapper_alive for ev in result.evidence.values())
 
     def _cleanup(self) -> None:
+        if self not in self.open_examples:
+            return
+        self.open_examples.remove(self)
         try:
             self._resume()
             if self.late is not None:
