@@ -69,33 +69,69 @@ def pick(candidates: list[str], which: int) -> str:
     return candidates[which % len(candidates)]
 
 
+End = tuple[str, int | None]
+
+
 @dataclass
 class Truth:
-    """What really happened to one job, as far as the model knows."""
+    """What really happened to one job, as far as the model knows.
+
+    ``ends`` holds every final record the job can have, each with the earliest moment (this
+    process's monotonic clock) it can exist: the wrapper records the first signal it receives
+    as 128+n whatever the job then does (a job that ignores TERM still ends 143, only later: by
+    the timer's KILL after the grace, or by itself), and nothing at all once it is gone before
+    writing its final state. A final status in the store that is not in ``ends``, or is there
+    before its earliest moment, is a wrong verdict."""
 
     job_id: str
     code: int
     ignores_term: bool
+    submitted: float = 0.0  # monotonic: the submission started (the job cannot start before)
     launch: str = "ok"  # ok | failed (provably nothing started) | unknown
     released: bool = False
+    exits_at: float | None = None  # the job's own exit can happen from then on (released)
     wrapper_signalled: bool = False
     group_killed: bool = False
     wrapper_killed: bool = False
+    recorder_gone: bool = False  # the wrapper was killed before its final state: nothing records an end
     file_faulted: bool = False  # its state file was replaced by a fault (restored from a copy later)
     db_faulted: bool = False  # the database was deleted or corrupted (restored later) during its life
+    ends: dict[End, float] = field(default_factory=dict)  # finals it may have, and from when
 
     @property
     def at_risk(self) -> bool:
         """Both records of its end may be gone: the database lost its updates while the state
         file was put back from an older copy."""
         return self.file_faulted and self.db_faulted
-    ends: set[tuple[str, int | None]] = field(default_factory=set)  # finals it may have had
 
-    def end_by_itself(self) -> tuple[str, int]:
+    def end_by_itself(self) -> End:
         return ("completed", 0) if self.code == 0 else ("failed", self.code)
 
-    def allowed_finals(self) -> set[tuple[str, int | None]]:
-        out = set(self.ends)
+    def may_end(self, end: End, earliest: float) -> None:
+        if self.recorder_gone:
+            return  # whatever happens now, no wrapper records it
+        self.ends[end] = min(earliest, self.ends.get(end, earliest))
+
+    def signalled(self, sig: int, at: float) -> None:
+        """The wrapper received signal ``sig`` (it forwards it to the job's group) at ``at``, or later."""
+        if self.wrapper_killed:
+            return
+        self.wrapper_signalled = True
+        if sig == 15 and self.ignores_term:
+            # the job lives on until the timer's KILL, or until its own exit
+            over = at + KILL_GRACE if self.exits_at is None else min(at + KILL_GRACE, max(at, self.exits_at))
+        else:
+            over = at
+        self.may_end(("failed", 128 + sig), over)
+
+    def job_dies(self, at: float) -> None:
+        """The job may be gone from ``at`` on (its own exit, a KILL to its group): a TERM it
+        ignored is recorded from then on, not only after the timer's KILL."""
+        if self.ignores_term and ("failed", 143) in self.ends:
+            self.ends[("failed", 143)] = min(self.ends[("failed", 143)], at)
+
+    def allowed_finals(self, now: float | None = None) -> set[End]:
+        out = {e for e, at in self.ends.items() if now is None or at <= now}
         if self.launch != "ok":
             out.add(("failed", None))  # never started (launch failed, or fenced later)
         return out
@@ -217,7 +253,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             f"echo output of {job}; echo more >&2; " if output else "",
             f"while [ ! -e {shlex.quote(rel)} ]; do sleep 0.05; done; exit {code}",
         ])
-        truth = Truth(job, code, ignores_term)
+        truth = Truth(job, code, ignores_term, submitted=time.monotonic())
         self.jobs[job] = truth
         truth.db_faulted = self.db_fault_kind in (Fault.DELETED_DB, Fault.CORRUPT_DB)
         assert self.t is not None
@@ -242,14 +278,28 @@ class RuntimeMachine(RuleBasedStateMachine):
     def live(self) -> list[str]:
         return sorted(j for j, t in self.jobs.items() if t.launch == "ok")
 
+    def ended_on_host(self, jobs: list[str]) -> set[str]:
+        """The jobs whose state file already holds their final state (their end is written:
+        nothing done to them from now on changes it). A faulted file counts as not ended."""
+        if not jobs:
+            return set()
+        r = self.sh(f"cd {self.base_abs}/jobs && for j in {' '.join(jobs)}; do "
+                    "s=$(sed -n 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/p' \"$j.status\" 2>/dev/null); "
+                    "case $s in completed|failed) echo \"$j\";; esac; done")
+        return set(r.stdout.split())
+
+    def released_now(self, t: Truth, at: float) -> None:
+        t.released = True
+        t.exits_at = at if t.exits_at is None else min(t.exits_at, at)
+        if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
+            t.may_end(t.end_by_itself(), at)
+        t.job_dies(at)
+
     @precondition(lambda self: any(not t.released for t in self.jobs.values()))
     @rule(which=WHICH)
     def release(self, which: int) -> None:
         job = pick(sorted(j for j, t in self.jobs.items() if not t.released), which)
-        t = self.jobs[job]
-        t.released = True
-        if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
-            t.ends.add(t.end_by_itself())
+        self.released_now(self.jobs[job], time.monotonic())
         self.sh(f"touch {self.base_abs}/rel-{job}")
 
     @precondition(lambda self: bool(self.live()))
@@ -257,26 +307,33 @@ class RuntimeMachine(RuleBasedStateMachine):
     def cancel_job(self, which: int) -> None:
         job = pick(self.live(), which)
         t = self.jobs[job]
+        at = time.monotonic()
         try:
             what = self.run(cancel(self.t.real if self.t else None, job, self.base))  # type: ignore[arg-type]
         except JobkitError as exc:
             note(f"{job}: cancel: {exc}")
             return
         note(f"{job}: cancel: {what}")
-        if what == "signalled-wrapper" and not t.wrapper_killed:
-            t.wrapper_signalled = True
-            t.ends.add(("failed", 143))
-        elif what == "killed-session":
-            t.wrapper_signalled = True
-            t.ends.add(("failed", 129))
+        if what == "signalled-wrapper":
+            t.signalled(15, at)
+        elif what == "killed-session":  # its pane's process, the wrapper, gets SIGHUP
+            t.signalled(1, at)
 
     @precondition(lambda self: bool(self.live()))
     @rule(which=WHICH)
     def sigkill_wrapper(self, which: int) -> None:
         job = pick(self.live(), which)
-        pid = self.state_field(job, "wrapper_pid")
-        if pid is not None and self.sh(f"kill -s KILL {pid} 2>/dev/null").exit_status == 0:
-            self.jobs[job].wrapper_killed = True
+        pid, start = self.state_field(job, "wrapper_pid"), self.state_field(job, "wrapper_start")
+        if pid is None or start is None:
+            return
+        ended = job in self.ended_on_host([job])
+        # only while that pid is still this wrapper (its start time): never a later process's
+        r = self.sh(f"l=; {{ read -r l </proc/{pid}/stat; }} 2>/dev/null; set -f; set -- ${{l##*') '}}; "
+                    f"[ \"$#\" -ge 20 ] && shift 19 && [ \"$1\" = {start} ] && kill -s KILL {pid} 2>/dev/null")
+        if r.exit_status == 0:
+            t = self.jobs[job]
+            t.wrapper_killed = True
+            t.recorder_gone = t.recorder_gone or not ended
 
     @precondition(lambda self: bool(self.live()))
     @rule(which=WHICH)
@@ -286,28 +343,33 @@ class RuntimeMachine(RuleBasedStateMachine):
         if pgid is None:
             return
         t = self.jobs[job]
+        ended = job in self.ended_on_host([job])
+        at = time.monotonic()
         r = self.sh(f"kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null")
-        if r.exit_status == 0:
+        if r.exit_status == 0 and not ended:
             t.group_killed = True
             if not t.wrapper_signalled:
-                t.ends.add(("failed", 137))
+                t.may_end(("failed", 137), at)
+            t.job_dies(at)
 
     @precondition(lambda self: bool(self.live()))
     @rule(which=WHICH, server=st.booleans())
     def kill_tmux(self, which: int, server: bool) -> None:
         handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
-        victims = self.live() if server else [pick(self.live(), which)]
+        # a server kill reaches every wrapper still in it: an uncertain launch's too
+        victims = sorted(j for j, t in self.jobs.items() if t.launch != "failed") if server \
+            else [pick(self.live(), which)]
+        ended = self.ended_on_host(victims)
+        at = time.monotonic()
         try:
             self.run(inject(Fault.KILL_TMUX_SERVER if server else Fault.KILL_TMUX_SESSION, handle,
                             job_id=victims[0]))
         except JobkitError as exc:
             note(f"kill tmux: {exc}")
             return
-        for job in victims:  # the pane's process is the wrapper: SIGHUP
-            t = self.jobs[job]
-            if not t.wrapper_killed:
-                t.wrapper_signalled = True
-                t.ends.add(("failed", 129))
+        for job in victims:  # the pane's process is the wrapper: SIGHUP, unless it wrote its end already
+            if job not in ended:
+                self.jobs[job].signalled(1, at)
 
     # --- faults -------------------------------------------------------------------------------
     @precondition(lambda self: self.db_fault is None)
@@ -430,13 +492,15 @@ class RuntimeMachine(RuleBasedStateMachine):
     def no_verdict_contradicts_the_truth(self) -> None:
         if not self.stores:
             return
+        now = time.monotonic()  # before the read: a record read now existed no later than this
         for rec in self.store.sync.jobs():
             t = self.jobs.get(rec.id)
             if t is None or not rec.status.final:
                 continue
-            assert (rec.status.value, rec.exit_code) in t.allowed_finals(), (
-                f"{rec.id}: recorded {rec.status.value} (exit {rec.exit_code}: {rec.reason}) but it can only have "
-                f"ended {sorted(t.allowed_finals(), key=str) or 'not at all yet'} ({t})")
+            allowed = t.allowed_finals(now)
+            assert (rec.status.value, rec.exit_code) in allowed, (
+                f"{rec.id}: recorded {rec.status.value} (exit {rec.exit_code}: {rec.reason}) but by now it can only "
+                f"have ended {sorted(allowed, key=str) or 'not at all yet'} ({t})")
 
     @invariant()
     def no_impossible_transition(self) -> None:
@@ -459,11 +523,10 @@ class RuntimeMachine(RuleBasedStateMachine):
             self.collect_late()
         if self.db_fault is not None or self.file_faults:
             self.lift_faults(everything=True)
+        at = time.monotonic()
         for t in self.jobs.values():
             if not t.released:
-                t.released = True
-                if t.launch != "failed" and not t.wrapper_signalled and not t.group_killed:
-                    t.ends.add(t.end_by_itself())
+                self.released_now(t, at)
         self.sh(f"for j in {' '.join(self.jobs) or 'none'}; do touch {self.base_abs}/rel-$j; done")
         deadline = time.monotonic() + 30
         while not self._all_wrappers_done():
