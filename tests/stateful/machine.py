@@ -449,6 +449,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         note(f"reconcile ({'clock stepped' if clock_stepped else 'now'}): reachable={report.reachable} "
              f"{elapsed:.2f}s " + "; ".join(v.log_line() for v in report.verdicts))
         assert self.t.calls == 1, f"{self.t.calls} round trips for one reconcile"
+        self.check_host_kept(report.vanished, "reconcile")
         assert elapsed < timeout + SLACK, f"reconcile took {elapsed:.2f}s (bound {timeout}+{SLACK})"
         if self.paused:
             assert not report.reachable, "a paused host answered"
@@ -501,6 +502,31 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert (rec.status.value, rec.exit_code) in allowed, (
                 f"{rec.id}: recorded {rec.status.value} (exit {rec.exit_code}: {rec.reason}) but by now it can only "
                 f"have ended {sorted(allowed, key=str) or 'not at all yet'} ({t})")
+
+    @invariant()
+    def nothing_is_lost(self) -> None:
+        """Every submitted job has a store row and a history (a launch that provably failed may
+        have neither). The host's side — a record of every job unless a fault destroyed both —
+        is checked on what each reconciliation saw (``vanished``: the host answered and holds
+        nothing of the job), in :meth:`check_host_kept`: a query to the host after every step
+        would cost a round trip per step, and a slow host query per step is what the bounded CI
+        run cannot afford."""
+        if not self.stores:
+            return
+        rows = {r.id for r in self.store.sync.jobs()}
+        with_history = {e.job_id for e in self.store.sync.history_entries()}
+        for job, t in self.jobs.items():
+            if t.launch == "failed" and job not in rows:
+                continue
+            assert job in rows, f"{job}: no store row ({t})"
+            assert job in with_history, f"{job}: no history ({t})"
+
+    def check_host_kept(self, vanished: list[str], who: str) -> None:
+        for job in vanished:
+            t = self.jobs.get(job)
+            assert t is not None, f"{who}: a job the model does not know: {job}"
+            assert t.launch != "ok" or t.at_risk, (  # an uncertain launch may never have started
+                f"{job}: {who} found nothing of it on the host, and no fault destroyed both its records ({t})")
 
     @invariant()
     def no_impossible_transition(self) -> None:
