@@ -33,7 +33,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from jobkit.deploy import deploy
-from jobkit.errors import JobkitError, LaunchFailed, OutcomeUnknown
+from jobkit.errors import JobkitError, LaunchFailed, OutcomeUnknown, RemoteTimeout
 from jobkit.faults import Fault, HostHandle, Injected, inject
 from jobkit.history import check_history, host_records
 from jobkit.lab import LabHost
@@ -49,6 +49,7 @@ HOST = "sm"
 TIMEOUT = 1.5  # the reconcile bound under test (a paused host costs this much per reconcile)
 SETTLE_TIMEOUT = 10.0  # once every fault is lifted: a loaded machine must not look unreachable
 SLACK = 1.0  # "returns within timeout + 1 s"
+LATE_TIMEOUT = 3.0  # the second client's bound: its answers arrive up to 2 s late, or never in time (4 s)
 KILL_GRACE = 1  # the wrapper's grace between TERM and KILL
 
 
@@ -159,16 +160,26 @@ class Counting:
 
 
 class LateAnswers(Counting):
-    """A second client's transport: the host's answer reaches it ``delay`` seconds late."""
+    """A second client's transport: the host's answer reaches it ``delay`` seconds late. The
+    delay is part of the round trip, as a slow network's would be: an answer later than the
+    call's timeout never arrives (RemoteTimeout, as from the real transport)."""
 
     def __init__(self, real: SSHTransport, delay: float) -> None:
         super().__init__(real)
         self.delay = delay
 
     async def run(self, command: str, **kw: Any) -> CommandResult:
-        r = await super().run(command, **kw)
-        await asyncio.sleep(self.delay)
-        return r
+        timeout = kw.get("timeout")
+
+        async def late() -> CommandResult:
+            r = await super(LateAnswers, self).run(command, **kw)
+            await asyncio.sleep(self.delay)
+            return r
+        try:
+            return await asyncio.wait_for(late(), timeout)
+        except TimeoutError:
+            raise RemoteTimeout(f"no answer within {timeout:g}s (it was {self.delay:g}s late)",
+                                host=self.host_name, command=command) from None
 
 
 class RuntimeMachine(RuleBasedStateMachine):
@@ -192,9 +203,10 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.file_faults: dict[str, Injected] = {}
         self.lock_until = 0.0
         self.paused = False
-        self.late: asyncio.Task[HostReport] | asyncio.Task[Tick | None] | None = None
-        self.late_started = 0.0
+        self.late: asyncio.Task[tuple[Any, float]] | None = None
+        self.late_transport: LateAnswers | None = None
         self.late_delay = 0.0
+        self.idle, self.idle_since = 0.0, None  # type: tuple[float, float | None]
         self.n = 0
         self.stores: list[AsyncStore] = []
         self.t: Counting | None = None
@@ -203,7 +215,21 @@ class RuntimeMachine(RuleBasedStateMachine):
 
     # --- plumbing -----------------------------------------------------------------------------
     def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
+        """Run the coroutine on the machine's loop; the time between two runs, when nothing on
+        the loop can progress (a late client's task included), is counted in ``idle``."""
+        if self.idle_since is not None:
+            self.idle += time.monotonic() - self.idle_since
+        try:
+            return self.loop.run_until_complete(coro)
+        finally:
+            self.idle_since = time.monotonic()
+
+    async def timed(self, coro: Any) -> tuple[Any, float]:
+        """The coroutine's result and how long it took while the loop ran (a late client's task
+        only progresses while a rule runs the loop)."""
+        t0, idle0 = time.monotonic(), self.idle
+        result = await coro
+        return result, time.monotonic() - t0 - (self.idle - idle0)
 
     @property
     def store(self) -> AsyncStore:
@@ -440,53 +466,82 @@ class RuntimeMachine(RuleBasedStateMachine):
     @rule(clock_stepped=st.booleans())
     def reconcile(self, clock_stepped: bool, timeout: float = TIMEOUT) -> None:
         assert self.t is not None
+        quiet = self.late is None  # no other writer in flight: the store's rows can be checked too
         before = {j.id: j for j in self.store.sync.jobs()}
         self.t.calls = 0
+        paused = self.paused
         started = time.monotonic()
         report = self.run(reconcile_host(self.t, self.store, HOST, base_dir=self.base,
                                          grace=0.0 if clock_stepped else 30.0, timeout=timeout))
         elapsed = time.monotonic() - started
         note(f"reconcile ({'clock stepped' if clock_stepped else 'now'}): reachable={report.reachable} "
              f"{elapsed:.2f}s " + "; ".join(v.log_line() for v in report.verdicts))
-        assert self.t.calls == 1, f"{self.t.calls} round trips for one reconcile"
-        self.check_host_kept(report.vanished, "reconcile")
-        assert elapsed < timeout + SLACK, f"reconcile took {elapsed:.2f}s (bound {timeout}+{SLACK})"
-        if self.paused:
-            assert not report.reachable, "a paused host answered"
-        if not report.reachable:
-            for v in report.verdicts:
-                assert v.stale, v.log_line()
+        self.check_report(report, "reconcile", self.t.calls, elapsed, timeout, paused=paused)
+        if quiet and not report.reachable:
             for rec in self.store.sync.jobs():
                 if rec.id in before and rec.id not in report.superseded:
                     assert rec.status is before[rec.id].status, f"{rec.id}: status changed on an unreachable host"
                     if rec.status.value in ("queued", "running", "lost"):
                         assert rec.stale, f"{rec.id}: not marked stale"
 
+    def check_report(self, report: HostReport, who: str, calls: int, elapsed: float, timeout: float, *,
+                     paused: bool) -> None:
+        """What every reconciliation must do, the main client's and the late one's alike: one
+        round trip per host, back within timeout + 1 s, nothing of a job lost on the host but
+        what faults destroyed, and a host that did not answer changes no status (every verdict
+        is the status it was computed from, marked stale). ``paused``: the host was frozen for
+        the whole call, so it cannot have answered."""
+        assert calls == 1, f"{who}: {calls} round trips for one host"
+        assert elapsed < timeout + SLACK, f"{who} took {elapsed:.2f}s (bound {timeout}+{SLACK})"
+        self.check_host_kept(report.vanished, who)
+        if paused:
+            assert not report.reachable, f"{who}: a paused host answered"
+        if not report.reachable:
+            for v in report.verdicts:
+                was = report.before[v.job_id]
+                assert v.stale, f"{who}: {v.log_line()}: not stale on an unreachable host"
+                assert v.status is was.status, f"{who}: {was.status.value} -> {v.log_line()} on an unreachable host"
+                assert v.exit_code == was.exit_code, f"{who}: exit {was.exit_code} -> {v.log_line()} (unreachable)"
+
     @precondition(lambda self: self.late is None)
-    @rule(delay=st.sampled_from([0.3, 1.0, 2.0]), service=st.booleans())
+    @rule(delay=st.sampled_from([0.3, 1.0, 2.0, 4.0]), service=st.booleans())
     def start_late_reconcile(self, delay: float, service: bool) -> None:
-        """A second client on the same store whose answers arrive late: a CLI reconcile, or a
-        tick of the reconciliation service (which writes as of the tick's start)."""
+        """A second client on the same store whose answers arrive late (4 s: never within its
+        bound): a CLI reconcile, or a tick of the reconciliation service (which writes as of the
+        tick's start)."""
         assert self.t_late is not None
-        self.late_delay, self.late_started = delay, time.monotonic()
-        late = LateAnswers(self.t_late, delay)
+        self.late_delay = delay
+        late = self.late_transport = LateAnswers(self.t_late, delay)
+        coro: Any
         if service:
-            service = ReconcileService(self.stores[1], lambda _name: late, timeout=TIMEOUT)
-            self.late = self.loop.create_task(service.tick())
+            svc = ReconcileService(self.stores[1], lambda _name: late, timeout=LATE_TIMEOUT)
+            coro = svc.tick()
         else:
-            self.late = self.loop.create_task(reconcile_host(late, self.stores[1], HOST, base_dir=self.base,
-                                                             timeout=TIMEOUT))
+            coro = reconcile_host(late, self.stores[1], HOST, base_dir=self.base, timeout=LATE_TIMEOUT)
+        self.late = self.loop.create_task(self.timed(coro))
 
     @precondition(lambda self: self.late is not None)
     @rule()
     def collect_late(self) -> None:
         assert self.late is not None
-        result = self.run(self.late)
+        assert self.late_transport is not None
+        result, elapsed = self.run(self.late)
         self.late = None
+        who = f"late {'service tick' if isinstance(result, Tick) else 'reconcile'} ({self.late_delay:g}s late)"
         if isinstance(result, Tick):
-            note(f"late service tick: {result.as_dict()} drifts={[d.line() for d in result.drifts]}")
+            note(f"{who}: {result.as_dict()} drifts={[d.line() for d in result.drifts]} in {elapsed:.2f}s")
+            assert not result.hosts_failed, f"{who}: a host's reconciliation raised: {result.hosts_failed}"
+            if not result.reports:  # the tick found no active job: no host to ask
+                assert self.late_transport.calls == 0, f"{who}: {self.late_transport.calls} calls for no host"
+                assert elapsed < LATE_TIMEOUT + SLACK, f"{who} took {elapsed:.2f}s"
+                return
+            assert len(result.reports) == 1, f"{who}: {len(result.reports)} host reports for one host"
+            report = result.reports[0]
         else:
-            note(f"late reconcile: reachable={result.reachable} superseded={result.superseded}")
+            assert isinstance(result, HostReport), f"{who}: {result!r}"
+            note(f"{who}: reachable={result.reachable} superseded={result.superseded} in {elapsed:.2f}s")
+            report = result
+        self.check_report(report, who, self.late_transport.calls, elapsed, LATE_TIMEOUT, paused=False)
 
     # --- what must always hold ------------------------------------------------------------------
     @invariant()
