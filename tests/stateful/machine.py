@@ -49,6 +49,7 @@ HOST = "sm"
 TIMEOUT = 1.5  # the reconcile bound under test (a paused host costs this much per reconcile)
 SETTLE_TIMEOUT = 10.0  # once every fault is lifted: a loaded machine must not look unreachable
 SLACK = 1.0  # "returns within timeout + 1 s"
+PAUSE_LIMIT = 600.0  # a frozen local target thaws by itself after this (a test that died must not hang)
 LATE_TIMEOUT = 3.0  # the second client's bound: its answers arrive up to 2 s late, or never in time (4 s)
 KILL_GRACE = 1  # the wrapper's grace between TERM and KILL
 
@@ -113,11 +114,12 @@ class Truth:
             return  # whatever happens now, no wrapper records it
         self.ends[end] = min(earliest, self.ends.get(end, earliest))
 
-    def signalled(self, sig: int, at: float) -> None:
-        """The wrapper received signal ``sig`` (it forwards it to the job's group) at ``at``, or later."""
+    def signalled(self, sig: int, at: float, certain: bool = True) -> None:
+        """The wrapper received signal ``sig`` (it forwards it to the job's group) at ``at``, or
+        later; not ``certain``: it may have, or may never."""
         if self.wrapper_killed:
             return
-        self.wrapper_signalled = True
+        self.wrapper_signalled = self.wrapper_signalled or certain
         if sig == 15 and self.ignores_term:
             # the job lives on until the timer's KILL, or until its own exit
             over = at + KILL_GRACE if self.exits_at is None else min(at + KILL_GRACE, max(at, self.exits_at))
@@ -202,10 +204,10 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.db_fault_kind: Fault | None = None
         self.file_faults: dict[str, Injected] = {}
         self.lock_until = 0.0
-        self.paused = False
+        self.paused, self.paused_at = False, 0.0
         self.late: asyncio.Task[tuple[Any, float]] | None = None
         self.late_transport: LateAnswers | None = None
-        self.late_delay = 0.0
+        self.late_delay, self.late_started = 0.0, 0.0
         self.idle, self.idle_since = 0.0, None  # type: tuple[float, float | None]
         self.n = 0
         self.stores: list[AsyncStore] = []
@@ -283,17 +285,25 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.jobs[job] = truth
         truth.db_faulted = self.db_fault_kind in (Fault.DELETED_DB, Fault.CORRUPT_DB)
         assert self.t is not None
+        paused = self.paused
+        timeout = TIMEOUT if paused else 10.0  # a frozen host: the submission must give up in time
+        started = time.monotonic()
         try:
             self.run(submit(self.t.real, self.store, HOST, ["sh", "-c", script], job_id=job, base_dir=self.base,
-                            env={"JOBKIT_KILL_GRACE": str(KILL_GRACE)}, timeout=10))
+                            env={"JOBKIT_KILL_GRACE": str(KILL_GRACE)}, timeout=timeout))
         except LaunchFailed as exc:
             truth.launch = "failed"
             note(f"{job}: launch failed: {exc}")
             return
-        except OutcomeUnknown as exc:
+        except OutcomeUnknown as exc:  # on a frozen host, the launch may still happen once it thaws
             truth.launch = "unknown"
             note(f"{job}: outcome unknown: {exc}")
             return
+        finally:
+            elapsed = time.monotonic() - started
+            if paused:
+                assert elapsed < timeout + SLACK, f"{job}: submit to a paused host took {elapsed:.2f}s"
+        assert not paused, f"{job}: a paused host accepted a job"
         # the wrapper's first state is written at once: wait for it, so later rules act on a
         # running job (a launch cannot be slower than this bound here)
         deadline = time.monotonic() + 15
@@ -321,7 +331,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             t.may_end(t.end_by_itself(), at)
         t.job_dies(at)
 
-    @precondition(lambda self: any(not t.released for t in self.jobs.values()))
+    @precondition(lambda self: not self.paused and any(not t.released for t in self.jobs.values()))
     @rule(which=WHICH)
     def release(self, which: int) -> None:
         job = pick(sorted(j for j, t in self.jobs.items() if not t.released), which)
@@ -333,19 +343,32 @@ class RuntimeMachine(RuleBasedStateMachine):
     def cancel_job(self, which: int) -> None:
         job = pick(self.live(), which)
         t = self.jobs[job]
+        paused = self.paused
+        timeout = TIMEOUT if paused else 5.0
         at = time.monotonic()
         try:
-            what = self.run(cancel(self.t.real if self.t else None, job, self.base))  # type: ignore[arg-type]
+            what = self.run(cancel(self.t.real if self.t else None, job, self.base,  # type: ignore[arg-type]
+                                   timeout=timeout))
         except JobkitError as exc:
-            note(f"{job}: cancel: {exc}")
+            elapsed = time.monotonic() - at
+            note(f"{job}: cancel: {exc} ({elapsed:.2f}s)")
+            if paused:
+                assert elapsed < timeout + SLACK, f"{job}: cancel on a paused host took {elapsed:.2f}s"
+            if getattr(exc, "sent", False) or isinstance(exc, OutcomeUnknown):
+                # it reached the host, which may run it once it thaws: TERM to the wrapper, or
+                # the session killed when its state file is unreadable
+                t.signalled(15, at, certain=False)
+                if job in self.file_faults:
+                    t.signalled(1, at, certain=False)
             return
+        assert not paused, f"{job}: a paused host answered a cancel: {what}"
         note(f"{job}: cancel: {what}")
         if what == "signalled-wrapper":
             t.signalled(15, at)
         elif what == "killed-session":  # its pane's process, the wrapper, gets SIGHUP
             t.signalled(1, at)
 
-    @precondition(lambda self: bool(self.live()))
+    @precondition(lambda self: not self.paused and bool(self.live()))
     @rule(which=WHICH)
     def sigkill_wrapper(self, which: int) -> None:
         job = pick(self.live(), which)
@@ -361,7 +384,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             t.wrapper_killed = True
             t.recorder_gone = t.recorder_gone or not ended
 
-    @precondition(lambda self: bool(self.live()))
+    @precondition(lambda self: not self.paused and bool(self.live()))
     @rule(which=WHICH)
     def sigkill_group(self, which: int) -> None:
         job = pick(self.live(), which)
@@ -378,7 +401,7 @@ class RuntimeMachine(RuleBasedStateMachine):
                 t.may_end(("failed", 137), at)
             t.job_dies(at)
 
-    @precondition(lambda self: bool(self.live()))
+    @precondition(lambda self: not self.paused and bool(self.live()))
     @rule(which=WHICH, server=st.booleans())
     def kill_tmux(self, which: int, server: bool) -> None:
         handle = HostHandle(self.t.real if self.t else None, self.base_abs, self.host)  # type: ignore[arg-type]
@@ -398,7 +421,7 @@ class RuntimeMachine(RuleBasedStateMachine):
                 self.jobs[job].signalled(1, at)
 
     # --- faults -------------------------------------------------------------------------------
-    @precondition(lambda self: self.db_fault is None)
+    @precondition(lambda self: not self.paused and self.db_fault is None)
     @rule(name=st.sampled_from(["LOCKED_DB", "DELETED_DB", "CORRUPT_DB"]))
     def break_database(self, name: str) -> None:
         kind = Fault[name]
@@ -409,7 +432,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             for t in self.jobs.values():
                 t.db_faulted = True
 
-    @precondition(lambda self: bool([j for j in self.live() if j not in self.file_faults]))
+    @precondition(lambda self: not self.paused and bool([j for j in self.live() if j not in self.file_faults]))
     @rule(which=WHICH, name=st.sampled_from(["DELETED_STATE_FILE", "GARBAGE_STATE_FILE", "TRUNCATED_STATE_FILE"]))
     def break_state_file(self, which: int, name: str) -> None:
         kind = Fault[name]
@@ -423,7 +446,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         # restoring puts back the copy taken now: a later record written meanwhile is replaced
         self.jobs[job].file_faulted = True
 
-    @precondition(lambda self: (self.db_fault is not None or bool(self.file_faults)))
+    @precondition(lambda self: not self.paused and (self.db_fault is not None or bool(self.file_faults)))
     @rule(everything=st.booleans())
     def lift_faults(self, everything: bool) -> None:
         if self.db_fault is not None and (everything or not self.file_faults):
@@ -432,19 +455,22 @@ class RuntimeMachine(RuleBasedStateMachine):
         for job in list(self.file_faults)[: None if everything else 1]:
             self.run(self.file_faults.pop(job).restore())
 
-    @rule(clock_stepped=st.booleans())
-    def pause_host_and_reconcile(self, clock_stepped: bool) -> None:
-        """The host freezes (a paused container, a stalled network), a reconciliation runs
-        against it, the host comes back: bounded, unavailable, nothing changed but staleness."""
+    @precondition(lambda self: not self.paused)
+    @rule()
+    def pause_host(self) -> None:
+        """The host freezes (a paused container, a stalled network) until :meth:`resume_host`
+        (or the teardown): meanwhile submissions, cancels and reconciliations run against it,
+        each bounded, unavailable, changing nothing but staleness."""
         if self.host.local is not None:
-            self.host.local.pause(limit=60)
+            self.host.local.pause(limit=PAUSE_LIMIT)
         else:
             self.host.container.get_wrapped_container().pause()
-        self.paused = True
-        try:
-            self.reconcile(clock_stepped)
-        finally:
-            self._resume()
+        self.paused, self.paused_at = True, time.monotonic()
+
+    @precondition(lambda self: self.paused)
+    @rule()
+    def resume_host(self) -> None:
+        self._resume()
 
     def _resume(self) -> None:
         if not self.paused:
@@ -519,6 +545,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         else:
             coro = reconcile_host(late, self.stores[1], HOST, base_dir=self.base, timeout=LATE_TIMEOUT)
         self.late = self.loop.create_task(self.timed(coro))
+        self.late_started = time.monotonic()
 
     @precondition(lambda self: self.late is not None)
     @rule()
@@ -541,7 +568,9 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert isinstance(result, HostReport), f"{who}: {result!r}"
             note(f"{who}: reachable={result.reachable} superseded={result.superseded} in {elapsed:.2f}s")
             report = result
-        self.check_report(report, who, self.late_transport.calls, elapsed, LATE_TIMEOUT, paused=False)
+        # frozen since before it started, and still: it cannot have had an answer
+        paused = self.paused and self.paused_at <= self.late_started
+        self.check_report(report, who, self.late_transport.calls, elapsed, LATE_TIMEOUT, paused=paused)
 
     # --- what must always hold ------------------------------------------------------------------
     @invariant()
