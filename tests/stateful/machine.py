@@ -5,8 +5,8 @@ truth the model keeps.
 Rules submit jobs with random behaviour (exit code, ignoring TERM, output, a child process),
 release them, cancel them, SIGKILL their wrapper or their group, kill their tmux session or the
 tmux server, lock / delete / corrupt the server database, delete / corrupt state files, pause the
-host, step the clock (reconcile as if the grace period had passed), restart the runner (new store
-connections) and reconcile — also from a second client on the same store whose answers arrive
+host, step the client's clock ahead, reconcile as if the grace period had passed, restart the
+runner (new store connections) and reconcile — also from a second client on the same store whose answers arrive
 late. After every step: no verdict contradicts the truth, the history checker finds nothing,
 every reconcile was one round trip within its bound, and a paused host changed no status. When
 the example ends every fault is lifted, every job released and waited for, and then every
@@ -20,6 +20,7 @@ late reconciliation started by one rule goes on while later rules run.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import shlex
 import time
 import uuid
@@ -143,6 +144,33 @@ class Truth:
         return self.wrapper_killed or self.at_risk or self.launch == "unknown"
 
 
+class SteppedClock:
+    """The client machine's wall clock, stepped by ``offset`` seconds (NTP correcting it, a
+    suspended laptop): put in place of the ``time`` module of the jobkit modules that stamp the
+    store and decide on wall time, for both clients (a CLI and a service on one machine share a
+    clock). The monotonic clock does not move, as with a real step."""
+
+    MODULES = ("jobkit.reconcile", "jobkit.store", "jobkit.runner", "jobkit.sagas")
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.real = time
+
+    def time(self) -> float:
+        return self.real.time() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def install(self) -> None:
+        for name in self.MODULES:
+            importlib.import_module(name).time = self
+
+    def uninstall(self) -> None:
+        for name in self.MODULES:
+            importlib.import_module(name).time = self.real
+
+
 class Counting:
     """The transport under test, counting its calls (one reconcile = one round trip)."""
 
@@ -214,6 +242,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.t: Counting | None = None
         self.t_late: SSHTransport | None = None
         self.open_examples.append(self)
+        self.clock = SteppedClock()  # installed by the first step, taken out by the cleanup
 
     # --- plumbing -----------------------------------------------------------------------------
     def run(self, coro: Any) -> Any:
@@ -481,6 +510,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             self.host.container.get_wrapped_container().unpause()
         self.paused = False
 
+    @precondition(lambda self: self.clock.offset < 2 * 3600)
+    @rule()
+    def step_client_clock(self) -> None:
+        """The client's wall clock jumps one hour ahead (a clock that was behind, stepped right)
+        and stays there: submissions, reconciliations, the service and the store's stamps all
+        use it, so queued jobs look older than the grace at once. Never back: a step back is a
+        known problem (tests/stateful/test_clock_step_back.py), not one to meet at random."""
+        self.clock.offset += 3600.0
+        self.clock.install()
+
     @rule()
     def restart_runner(self) -> None:
         if self.late is not None:
@@ -489,8 +528,12 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.open_stores()
 
     # --- reconciliation -------------------------------------------------------------------------
-    @rule(clock_stepped=st.booleans())
-    def reconcile(self, clock_stepped: bool, timeout: float = TIMEOUT) -> None:
+    @rule(grace_passed=st.booleans())
+    def reconcile(self, grace_passed: bool, timeout: float = TIMEOUT) -> None:
+        """``grace_passed``: as if the grace period were over (grace 0). The merge measures the
+        grace on the host's clock (how long a job has been gone), which no rule can step on a
+        shared host: this, not a clock step, is what lets a job gone without a record be
+        judged ``lost`` within an example."""
         assert self.t is not None
         quiet = self.late is None  # no other writer in flight: the store's rows can be checked too
         before = {j.id: j for j in self.store.sync.jobs()}
@@ -498,9 +541,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         paused = self.paused
         started = time.monotonic()
         report = self.run(reconcile_host(self.t, self.store, HOST, base_dir=self.base,
-                                         grace=0.0 if clock_stepped else 30.0, timeout=timeout))
+                                         grace=0.0 if grace_passed else 30.0, timeout=timeout))
         elapsed = time.monotonic() - started
-        note(f"reconcile ({'clock stepped' if clock_stepped else 'now'}): reachable={report.reachable} "
+        note(f"reconcile ({'grace passed' if grace_passed else 'now'}): reachable={report.reachable} "
              f"{elapsed:.2f}s " + "; ".join(v.log_line() for v in report.verdicts))
         self.check_report(report, "reconcile", self.t.calls, elapsed, timeout, paused=paused)
         if quiet and not report.reachable:
@@ -643,7 +686,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert time.monotonic() < deadline, "wrappers still running 30 s after every job was released"
             self.run(asyncio.sleep(0.1))
         for _ in range(2):
-            self.reconcile(clock_stepped=True, timeout=SETTLE_TIMEOUT)
+            self.reconcile(grace_passed=True, timeout=SETTLE_TIMEOUT)
             assert self.stores
             assert self.t is not None
         recs = {r.id: r for r in self.store.sync.jobs()}
@@ -684,6 +727,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         if self not in self.open_examples:
             return
         self.open_examples.remove(self)
+        self.clock.uninstall()
         try:
             self._resume()
             if self.late is not None:
