@@ -299,8 +299,11 @@ class RuntimeMachine(RuleBasedStateMachine):
     # --- jobs -----------------------------------------------------------------------------------
     @precondition(lambda self: len(self.jobs) < 8)
     @rule(code=st.sampled_from([0, 0, 1, 3]), ignores_term=st.booleans(), child=st.booleans(),
-          output=st.booleans())
-    def submit_job(self, code: int, ignores_term: bool, child: bool, output: bool) -> None:
+          output=st.booleans(), duration=st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.5, 1.5])))
+    def submit_job(self, code: int, ignores_term: bool, child: bool, output: bool,
+                   duration: float | None = None) -> None:
+        """A job that runs until released (``duration`` None), or ends by itself ``duration``
+        seconds after it starts: 0 is over before its wrapper can write ``running``."""
         self.n += 1
         job = f"sm-{self.n}-{uuid.uuid4().hex[:6]}"
         rel = f"{self.base_abs}/rel-{job}"
@@ -308,10 +311,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             "trap '' TERM; " if ignores_term else "",
             "sleep 300 & " if child else "",
             f"echo output of {job}; echo more >&2; " if output else "",
-            f"while [ ! -e {shlex.quote(rel)} ]; do sleep 0.05; done; exit {code}",
+            f"while [ ! -e {shlex.quote(rel)} ]; do sleep 0.05; done; " if duration is None else
+            f"sleep {duration}; " if duration else "",
+            f"exit {code}",
         ])
         truth = Truth(job, code, ignores_term, submitted=time.monotonic())
         self.jobs[job] = truth
+        if duration is not None:
+            # it cannot have ended by itself before it started: from the submission on, and
+            # ``duration`` later; until then only a signal can have ended it
+            self.released_now(truth, truth.submitted + duration)
         truth.db_faulted = self.db_fault_kind in (Fault.DELETED_DB, Fault.CORRUPT_DB)
         assert self.t is not None
         paused = self.paused
@@ -322,6 +331,7 @@ class RuntimeMachine(RuleBasedStateMachine):
                             env={"JOBKIT_KILL_GRACE": str(KILL_GRACE)}, timeout=timeout))
         except LaunchFailed as exc:
             truth.launch = "failed"
+            truth.ends.clear()  # provably nothing started: it cannot end by itself either
             note(f"{job}: launch failed: {exc}")
             return
         except OutcomeUnknown as exc:  # on a frozen host, the launch may still happen once it thaws
