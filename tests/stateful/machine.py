@@ -630,8 +630,9 @@ class RuntimeMachine(RuleBasedStateMachine):
     def no_verdict_contradicts_the_truth(self) -> None:
         if not self.stores:
             return
-        now = time.monotonic()  # before the read: a record read now existed no later than this
-        for rec in self.store.sync.jobs():
+        recs = self.store.sync.jobs()
+        now = time.monotonic()  # after the read: every record read existed by then
+        for rec in recs:
             t = self.jobs.get(rec.id)
             if t is None or not rec.status.final:
                 continue
