@@ -456,8 +456,9 @@ class RuntimeMachine(RuleBasedStateMachine):
             note(f"kill tmux: {exc}")
             return
         for job in victims:  # the pane's process is the wrapper: SIGHUP, unless it wrote its end already
-            if job not in ended:
-                self.jobs[job].signalled(1, at)
+            if job not in ended:  # an uncertain launch may not have been running (yet): maybe
+                t = self.jobs[job]
+                t.signalled(1, at, certain=t.launch == "ok")
 
     # --- faults -------------------------------------------------------------------------------
     @precondition(lambda self: not self.paused and self.db_fault is None)
