@@ -20,6 +20,7 @@ late reconciliation started by one rule goes on while later rules run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import shlex
 import time
@@ -61,6 +62,12 @@ def note(message: str) -> None:
         hypothesis_note(message)
     else:
         print(message)
+
+
+async def quietly(coro: Any) -> None:
+    """Await a cleanup step whatever it raises (the next steps must run too)."""
+    with contextlib.suppress(Exception):
+        await coro
 
 
 #: which job a rule acts on: an index into the sorted candidates (modulo their number), an
@@ -746,7 +753,7 @@ class RuntimeMachine(RuleBasedStateMachine):
                 self.late.cancel()
                 self.loop.run_until_complete(asyncio.gather(self.late, return_exceptions=True))
             for inj in [*([self.db_fault] if self.db_fault else []), *self.file_faults.values()]:
-                self.loop.run_until_complete(asyncio.gather(inj.restore(), return_exceptions=True))
+                self.loop.run_until_complete(quietly(inj.restore()))
             if self.t is not None and self.base_abs:
                 # every job's group (children included), the tmux server, the base directory
                 self.sh(f"b={self.base_abs}; for f in \"$b\"/jobs/*.status; do [ -e \"$f\" ] || continue; "
