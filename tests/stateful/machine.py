@@ -238,6 +238,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.db_fault: Injected | None = None
         self.db_fault_kind: Fault | None = None
         self.file_faults: dict[str, Injected] = {}
+        self.clock_shim: Injected | None = None  # the wrapper's clock an hour behind (a PATH shim)
         self.lock_until = 0.0
         self.paused, self.paused_at = False, 0.0
         self.late: asyncio.Task[tuple[Any, float]] | None = None
@@ -306,11 +307,14 @@ class RuntimeMachine(RuleBasedStateMachine):
     # --- jobs -----------------------------------------------------------------------------------
     @precondition(lambda self: len(self.jobs) < 8)
     @rule(code=st.sampled_from([0, 0, 1, 3]), ignores_term=st.booleans(), child=st.booleans(),
-          output=st.booleans(), duration=st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.5, 1.5])))
+          output=st.booleans(), duration=st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.5, 1.5])),
+          wrapper_clock_behind=st.booleans())
     def submit_job(self, code: int, ignores_term: bool, child: bool, output: bool,
-                   duration: float | None = None) -> None:
+                   duration: float | None = None, wrapper_clock_behind: bool = False) -> None:
         """A job that runs until released (``duration`` None), or ends by itself ``duration``
-        seconds after it starts: 0 is over before its wrapper can write ``running``."""
+        seconds after it starts: 0 is over before its wrapper can write ``running``.
+        ``wrapper_clock_behind``: its wrapper's clock is an hour behind the host's (the
+        CLOCK_STEP fault: every time it records is an hour old)."""
         self.n += 1
         job = f"sm-{self.n}-{uuid.uuid4().hex[:6]}"
         rel = f"{self.base_abs}/rel-{job}"
@@ -331,11 +335,17 @@ class RuntimeMachine(RuleBasedStateMachine):
         truth.db_faulted = self.db_fault_kind in (Fault.DELETED_DB, Fault.CORRUPT_DB)
         assert self.t is not None
         paused = self.paused
+        env = {"JOBKIT_KILL_GRACE": str(KILL_GRACE)}
+        if wrapper_clock_behind and (self.clock_shim is not None or not paused):
+            if self.clock_shim is None:  # made once per example, on its first use
+                handle = HostHandle(self.t.real, self.base_abs, self.host)
+                self.clock_shim = self.run(inject(Fault.CLOCK_STEP, handle))
+            env.update(self.clock_shim.env)
         timeout = TIMEOUT if paused else 10.0  # a frozen host: the submission must give up in time
         started = time.monotonic()
         try:
             self.run(submit(self.t.real, self.store, HOST, ["sh", "-c", script], job_id=job, base_dir=self.base,
-                            env={"JOBKIT_KILL_GRACE": str(KILL_GRACE)}, timeout=timeout))
+                            env=env, timeout=timeout))
         except LaunchFailed as exc:
             truth.launch = "failed"
             truth.ends.clear()  # provably nothing started: it cannot end by itself either
@@ -752,7 +762,8 @@ class RuntimeMachine(RuleBasedStateMachine):
             if self.late is not None:
                 self.late.cancel()
                 self.loop.run_until_complete(asyncio.gather(self.late, return_exceptions=True))
-            for inj in [*([self.db_fault] if self.db_fault else []), *self.file_faults.values()]:
+            for inj in [*([self.db_fault] if self.db_fault else []), *self.file_faults.values(),
+                        *([self.clock_shim] if self.clock_shim else [])]:
                 self.loop.run_until_complete(quietly(inj.restore()))
             if self.t is not None and self.base_abs:
                 # every job's group (children included), the tmux server, the base directory
