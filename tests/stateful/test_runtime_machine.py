@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import PROFILE, STATEFUL_BUDGET
+from tests.conftest import PROFILE, STATEFUL_BUDGET, STATEFUL_TIME_BOUND
 from tests.stateful.machine import RuntimeMachine
 
 
@@ -36,13 +36,13 @@ def _run(machine: type[RuntimeMachine]) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(STATEFUL_TIME_BOUND)
 def test_the_runtime_model_on_local(on_local: type[RuntimeMachine]) -> None:
     _run(on_local)
 
 
 @pytest.mark.container
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(STATEFUL_TIME_BOUND)
 def test_the_runtime_model_on_a_lab_container(on_bookworm: type[RuntimeMachine]) -> None:
     _run(on_bookworm)
