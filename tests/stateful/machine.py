@@ -127,9 +127,13 @@ class Truth:
         later; not ``certain``: it may have, or may never."""
         if self.wrapper_killed:
             return
-        self.wrapper_signalled = self.wrapper_signalled or certain
+        if sig != 15 or not self.ignores_term:
+            self.job_dies(at)  # forwarded to the job's group, it ends the job now
+        if self.wrapper_signalled:
+            return  # the first signal the wrapper received is the one it records
+        self.wrapper_signalled = certain
         if sig == 15 and self.ignores_term:
-            # the job lives on until the timer's KILL, or until its own exit
+            # the job lives on until the timer's KILL, or until its own exit, or another signal
             over = at + KILL_GRACE if self.exits_at is None else min(at + KILL_GRACE, max(at, self.exits_at))
         else:
             over = at
@@ -711,8 +715,8 @@ class RuntimeMachine(RuleBasedStateMachine):
                 self.released_now(t, at)
         self.sh(f"for j in {' '.join(self.jobs) or 'none'}; do touch {self.base_abs}/rel-$j; done")
         deadline = time.monotonic() + 30
-        while not self._all_wrappers_done():
-            assert time.monotonic() < deadline, "wrappers still running 30 s after every job was released"
+        while not self._all_done():
+            assert time.monotonic() < deadline, "wrappers or jobs still running 30 s after every job was released"
             self.run(asyncio.sleep(0.1))
         for _ in range(2):
             self.reconcile(grace_passed=True, timeout=SETTLE_TIMEOUT)
@@ -743,14 +747,17 @@ class RuntimeMachine(RuleBasedStateMachine):
         bad = check_history(self.store.sync.history_entries(), host_records(result.evidence, tokens))
         assert not bad, "; ".join(v.line() for v in bad)
 
-    def _all_wrappers_done(self) -> bool:
-        """No wrapper of the example runs any more (the probe tells a wrapper from a later
-        process behind the same pid by its start time)."""
+    def _all_done(self) -> bool:
+        """No wrapper and no job of the example runs any more: a job whose wrapper was killed
+        lives on until it ends by itself (the probe tells a process from a later one behind the
+        same pid by its start time)."""
         assert self.t is not None
-        result = self.run(probe(self.t.real, [JobQuery(j) for j in self.jobs], self.base, SETTLE_TIMEOUT))
+        known = {r.id: r for r in self.store.sync.jobs()}
+        queries = [JobQuery(j, known[j].pid, known[j].proc_start) if j in known else JobQuery(j) for j in self.jobs]
+        result = self.run(probe(self.t.real, queries, self.base, SETTLE_TIMEOUT))
         if not result.host.reachable:
             return False
-        return not any(ev.live.wrapper_alive for ev in result.evidence.values())
+        return not any(ev.live.wrapper_alive or ev.live.job_alive for ev in result.evidence.values())
 
     def _cleanup(self) -> None:
         if self not in self.open_examples:
