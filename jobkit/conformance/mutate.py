@@ -168,7 +168,8 @@ OPERATORS: tuple[Operator, ...] = (
     Operator("drop_db_final_update", "the final status is never written to the database",
              _sub(r"^[ \t]*(?:db_start|db_update)[ \t]+\"status = '\$status'[^\n]*$", ":", which="last")),
     Operator("drop_db_running_update", "the running status (pid, start) is never written to the database",
-             _sub(r"^[ \t]*(?:\[ \"\$job_over\" (?:!?= [01]) \] \|\| )?(?:db_start|db_update)[ \t]+\"status = 'running'[^\n]*$",
+             _sub(r"^[ \t]*(?:\[ \"\$job_over\" (?:!?= [01]) \] \|\| )?(?:db_start|db_update)[ \t]+"
+                  r"\"status = 'running'[^\n]*$",
                   ":", which="first")),
     Operator("running_overwrites_final", "the running UPDATE may overwrite a final status that committed first",
              _sub(r" AND status IN \('queued', 'running'\)", "")),
