@@ -35,7 +35,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from jobkit.deploy import deploy
-from jobkit.errors import JobkitError, LaunchFailed, OutcomeUnknown, RemoteTimeout
+from jobkit.errors import JobkitError, LaunchFailed, OutcomeUnknown, RemoteTimeout, TransportError
 from jobkit.faults import Fault, HostHandle, Injected, inject
 from jobkit.history import check_history, host_records
 from jobkit.lab import LabHost
@@ -541,6 +541,25 @@ class RuntimeMachine(RuleBasedStateMachine):
         else:
             self.host.container.get_wrapped_container().unpause()
         self.paused = False
+        self._wait_until_it_answers()
+
+    def _wait_until_it_answers(self) -> None:
+        """A host just thawed may drop the first new connections: the connections attempted while
+        it was frozen are all pending at once in its sshd, which then drops new ones at random
+        (MaxStartups). The product's calls meet that as an unreachable host (stale, no status
+        change); the model's own commands (releases, settling, cleanup) wait until one goes
+        through, bounded."""
+        if self.t is None:
+            return
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.run(self.t.real.run("true", timeout=5))
+                return
+            except TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the host did not answer within 60 s of its resume: {exc}") from exc
+                self.run(asyncio.sleep(0.2))
 
     @precondition(lambda self: self.clock.offset < 2 * 3600)
     @rule()
