@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from jobkit.errors import RemoteTimeout
 from jobkit.lab import Lab, LabHost, offline_targets
 from jobkit.store import AsyncStore, Store
 from jobkit.transport import CommandResult
@@ -56,26 +55,6 @@ class LateAnswers:
         r = await self.real.run(command, **kw)  # type: ignore[arg-type]
         self.answered.set()
         await asyncio.sleep(self.delay)
-        return r
-
-    async def close(self) -> None:
-        return None
-
-
-class AnswerLostAfterStart:
-    """The host acts on the launch, then its answer is lost (the client's bound fires first)."""
-
-    def __init__(self, real: SSHTransport) -> None:
-        self.real = real
-
-    @property
-    def host_name(self) -> str:
-        return self.real.host_name
-
-    async def run(self, command: str, **kw: object) -> CommandResult:
-        r = await self.real.run(command, **kw)  # type: ignore[arg-type]
-        if "new-session" in command:
-            raise RemoteTimeout("no answer within 1s", host=self.host_name, sent=True)
         return r
 
     async def close(self) -> None:

@@ -16,30 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
-from jobkit.errors import HostUnreachable
 from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
-from jobkit.transport import CommandResult
 from jobkit.transport_ssh import SSHTransport
-
-
-class StartNeverSent:
-    """Every command reaches the host but the start's: its connection fails before it is sent."""
-
-    def __init__(self, real: SSHTransport) -> None:
-        self.real = real
-
-    @property
-    def host_name(self) -> str:
-        return self.real.host_name
-
-    async def run(self, command: str, **kw: object) -> CommandResult:
-        if "new-session" in command:
-            raise HostUnreachable("connection refused", host=self.host_name, sent=False)
-        return await self.real.run(command, **kw)  # type: ignore[arg-type]
-
-    async def close(self) -> None:
-        await self.real.close()
+from tests.runtime.transports import StartNeverSent
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from jobkit.reconcile import reconcile_host
 from jobkit.runner import cancel, submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import AnswerLostAfterStart, processes_gone, wait_until
+from tests.runtime.conftest import processes_gone, wait_until
+from tests.runtime.transports import AnswerLostAfterStart
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'

@@ -20,7 +20,8 @@ from jobkit.reconcile import reconcile_host
 from jobkit.runner import submit
 from jobkit.store import AsyncStore, Store
 from jobkit.transport_ssh import SSHTransport
-from tests.runtime.conftest import AnswerLostAfterStart, LateAnswers, processes_gone, wait_until
+from tests.runtime.conftest import LateAnswers, processes_gone, wait_until
+from tests.runtime.transports import AnswerLostAfterStart
 
 pytestmark = pytest.mark.slow
 B = '"$HOME/.jobkit"'
