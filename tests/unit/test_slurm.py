@@ -216,9 +216,10 @@ free_garbage = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=12
 job_plan = st.tuples(st.sampled_from(STATES), st.integers(0, 2), st.integers(0, 2), st.booleans())
 
 
-@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
-def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
-        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+def _injected(plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object,
+              tail: str) -> tuple[str, list[JobQuery], str]:
+    """The answer lines (shuffled, garbage among them), the queries and the submit records for
+    ``plan``: each job listed, its line garbled, or not there."""
     import random
 
     assert isinstance(rnd, random.Random)
@@ -228,12 +229,19 @@ def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given
         files.append(f"{jid}.submit:t {sid}" if with_sid else "")
         queries.append(JobQuery(jid))
         if where == 0:
-            lines.append(f"{sid}|{state.value}|None|{jid}")
+            lines.append(f"{sid}|{state.value}|{tail}|{jid}")
         elif where == 1:
-            lines.append(_garble(how, sid, state.value, "None", jid))
+            lines.append(_garble(how, sid, state.value, tail, jid))
     lines += garbage
     rnd.shuffle(lines)
-    res = parse_probe(_probe("\n".join(lines), "", "\n".join(f for f in files if f)), queries)
+    return "\n".join(lines), queries, "\n".join(f for f in files if f)
+
+
+@given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
+def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
+        plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
+    answer, queries, files = _injected(plan, garbage, rnd, "None")
+    res = parse_probe(_probe(answer, "", files), queries)
     for i, (state, where, how, _) in enumerate(plan):
         s = res.evidence[f"g{i}"].scheduler
         assert s is not None
@@ -253,21 +261,8 @@ def test_squeue_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given
 @given(st.lists(job_plan, min_size=1, max_size=8), st.lists(free_garbage, max_size=3), st.randoms())
 def test_sacct_with_garbage_injected_never_gives_a_job_a_state_it_was_not_given(
         plan: list[tuple[SlurmState, int, int, bool]], garbage: list[str], rnd: object) -> None:
-    import random
-
-    assert isinstance(rnd, random.Random)
-    lines, queries, files = [], [], []
-    for i, (state, where, how, with_sid) in enumerate(plan):
-        jid, sid = f"g{i}", str(100 + i)
-        files.append(f"{jid}.submit:t {sid}" if with_sid else "")
-        queries.append(JobQuery(jid))
-        if where == 0:
-            lines.append(f"{sid}|{state.value}|3:0|{jid}")
-        elif where == 1:
-            lines.append(_garble(how, sid, state.value, "3:0", jid))
-    lines += garbage
-    rnd.shuffle(lines)
-    res = parse_probe(_probe("", "\n".join(lines), "\n".join(f for f in files if f)), queries)
+    answer, queries, files = _injected(plan, garbage, rnd, "3:0")
+    res = parse_probe(_probe("", answer, files), queries)
     for i, (state, where, how, _) in enumerate(plan):
         s = res.evidence[f"g{i}"].scheduler
         assert s is not None
